@@ -1,0 +1,71 @@
+"""CLI plumbing shared by the commands: clean errors, progress bars, common options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from cascade_booth.errors import BoothError
+
+
+def friendly(fn):
+    """Turn BoothError (and Ctrl-C outside training) into a message and an exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BoothError as err:
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+class TqdmCallbacks:
+    """Progress bar with loss for the trainer; one line per checkpoint."""
+
+    def __init__(self, label: str):
+        from tqdm.auto import tqdm
+
+        self._tqdm, self.label, self.bar = tqdm, label, None
+
+    def build(self):
+        from cascade_booth.trainer import Callbacks
+
+        return Callbacks(on_start=self.start, on_step=self.step, on_checkpoint=self.checkpoint)
+
+    def start(self, start: int, total: int) -> None:
+        self.bar = self._tqdm(total=total, initial=start, desc=self.label, unit="step", file=sys.stderr)
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
+        self.bar.update(1)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.bar.write(f"checkpoint: {path}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def class_progress():
+    from tqdm.auto import tqdm
+
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        bar = state.setdefault("bar", tqdm(total=total, desc="class images", unit="img", file=sys.stderr))
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update

@@ -1,0 +1,51 @@
+"""The forward process and the UNet inputs of both stages, shared by training and the runner.
+
+Stage two's conditioning (``sr_condition``) is THE function the runner uses at inference too, so
+training sees exactly what sampling feeds the SR UNet (IFSuperResolutionPipeline.__call__ step 7):
+bilinear upsample (align_corners=True), noise added by ``image_noising_scheduler`` at
+``noise_level``, that level passed as ``class_labels``, channel concatenation with the noisy image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from cascade_booth.losses import diffusion_loss
+
+
+def sr_condition(
+    low_res: torch.Tensor, size: int, noise_level: int, noising_scheduler, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upsample ``low_res`` ([B,3,h,w] in [-1,1]) to ``size`` and noise it; returns (image, class_labels)."""
+    upscaled = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=True)
+    labels = torch.tensor([noise_level] * upscaled.shape[0], device=upscaled.device)
+    noise = randn_tensor(upscaled.shape, generator=generator, device=upscaled.device, dtype=upscaled.dtype)
+    return noising_scheduler.add_noise(upscaled, noise, timesteps=labels), labels
+
+
+def unet_input(x_t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    """Stage one: the noisy image; stage two: noisy image and conditioning image along channels."""
+    return x_t if cond is None else torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
+
+
+def training_losses(
+    unet,
+    scheduler,
+    x0: torch.Tensor,
+    text_embeds: torch.Tensor,
+    generator: torch.Generator,
+    variance: str,
+    cond: torch.Tensor | None = None,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One denoising-loss evaluation per sample: draw t and noise, noise ``x0``, run the UNet."""
+    b = x0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+    x_t = scheduler.add_noise(x0, noise, t)
+    out = unet(
+        unet_input(x_t, cond), t, encoder_hidden_states=text_embeds, class_labels=class_labels, return_dict=False
+    )[0]
+    return diffusion_loss(out, noise, x0, x_t, t, scheduler, variance)

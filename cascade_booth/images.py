@@ -1,0 +1,372 @@
+"""Subject photo loading and validation.
+
+This runs before any model is loaded, so a bad photo folder fails in seconds with one
+message that lists every offending file, instead of minutes later with a traceback.
+
+Every photo is fully decoded (truncated files are errors, never silently grey-filled),
+guarded against decompression bombs, turned upright from its EXIF orientation and
+normalised to 8-bit RGB: CMYK is colour-converted, transparency is composited over a
+background colour, 16-bit greyscale is scaled (not clipped) to 8 bits, and only the first
+frame of an animation is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from cascade_booth.errors import InputError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+     ".avif", ".heic", ".heif", ".hif"}
+)
+"""File suffixes (lower case) recognised as photos. HEIC/HEIF need the ``pillow-heif`` plugin."""
+
+HEIF_SUFFIXES: frozenset[str] = frozenset({".heic", ".heif", ".hif"})
+
+SIDECAR_SUFFIXES: frozenset[str] = frozenset(
+    {".txt", ".json", ".jsonl", ".md", ".rst", ".yaml", ".yml", ".toml", ".csv", ".tsv",
+     ".xmp", ".aae", ".ini", ".log", ".db"}
+)
+"""Suffixes of non-image files (captions, metadata, notes) that are skipped, not checked."""
+
+_SIDECAR_NAME = re.compile(r"^(license|licence|copying|readme|notice|attribution)([-_. ].*)?$", re.I)
+
+MAX_PIXELS: int = 89_478_485
+"""Decompression-bomb guard: images with more pixels than this (~89 MP) are refused."""
+
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
+                          b"mif1", b"msf1"})
+_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_HEIF_HINT = (
+    "HEIC/HEIF photos are not supported without the pillow-heif plugin; convert it to JPEG or PNG "
+    "(e.g. macOS `sips -s format jpeg IN --out OUT.jpg`, or `heif-convert IN OUT.jpg`) "
+    "or `pip install pillow-heif`"
+)
+
+
+@dataclass
+class SubjectImage:
+    """One validated subject photo.
+
+    ``image`` is upright (EXIF orientation applied) 8-bit RGB. ``sha256`` is the hex digest
+    of the normalised pixels (size + RGB bytes), so re-encoded or metadata-only copies of
+    the same photo share a hash.
+    """
+
+    path: Path
+    image: Image.Image
+    sha256: str
+
+
+class _BadImage(Exception):
+    """Internal: one file is unusable; the message is the human-readable reason."""
+
+
+def load_subject_images(
+    folder: Path, min_size: int, background: tuple[int, int, int] = (255, 255, 255)
+) -> tuple[list[SubjectImage], list[str]]:
+    """Load and validate every photo in ``folder`` (not recursive), sorted by file name.
+
+    Hidden files and known sidecar files (captions, metadata, LICENSE, README) are skipped;
+    every other file must be a usable image whose shorter side is at least ``min_size``.
+
+    Returns:
+        The images and a list of warnings (each naming its file) for the caller to show.
+
+    Raises:
+        InputError: the folder is missing or holds no images, or one or more files are
+            bad; the message names every bad file with its reason.
+    """
+    folder = Path(folder)
+    _check_args(min_size, background)
+    candidates, notes = _list_candidates(folder)
+    loaded: list[SubjectImage] = []
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            image, file_notes = _load_one(path, min_size, background)
+        except _BadImage as exc:
+            problems.append(f"  - {path.name}: {exc}")
+            continue
+        notes.extend(f"{path.name}: {note}" for note in file_notes)
+        loaded.append(SubjectImage(path=path, image=image, sha256=_pixel_hash(image)))
+    if problems:
+        raise InputError(
+            f"{len(problems)} of {len(candidates)} file(s) in {folder} cannot be used as subject photos:\n"
+            + "\n".join(problems)
+            + "\nFix or remove these files and try again."
+        )
+    notes.extend(_duplicate_warnings(loaded))
+    return loaded, notes
+
+
+def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
+    """Take the largest centred square of ``image`` and resample it to ``size`` x ``size``.
+
+    The crop and resize happen in one Lanczos resampling step (antialiased when
+    downscaling), with sub-pixel accurate centring.
+    """
+    _check_size(size)
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    box = (left, top, left + side, top + side)
+    return image.resize((size, size), resample=Image.Resampling.LANCZOS, box=box)
+
+
+def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """Centre-crop and resize ``image`` to a float32 tensor of shape [3, size, size] in [-1, 1].
+
+    Non-RGB input is converted with ``Image.convert("RGB")``; use images from
+    :func:`load_subject_images`, which are already RGB, to get proper alpha/16-bit handling.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = np.array(center_crop_resize(rgb, size), dtype=np.uint8)
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32)
+    return (tensor / 127.5 - 1.0).contiguous()
+
+
+def _check_args(min_size: int, background: tuple[int, int, int]) -> None:
+    """Reject programmer errors in the arguments early."""
+    _check_size(min_size)
+    if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
+        raise ValueError(f"background must be three integers in 0..255, got {background!r}")
+
+
+def _check_size(size: int) -> None:
+    """Require a positive integer pixel size."""
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+
+
+def _list_candidates(folder: Path) -> tuple[list[Path], list[str]]:
+    """Return the files to check (sorted) and notes about skipped subfolders."""
+    if not folder.exists():
+        raise InputError(f"subject photo folder not found: {folder}")
+    if not folder.is_dir():
+        raise InputError(f"subject photo path is not a folder: {folder}")
+    candidates: list[Path] = []
+    notes: list[str] = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            notes.append(f"{path.name}/: subfolder ignored (photos are not searched recursively)")
+        elif not _is_sidecar(path):
+            candidates.append(path)
+    if not candidates:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise InputError(f"no image files found in {folder} (looked for {suffixes})")
+    return candidates, notes
+
+
+def _is_sidecar(path: Path) -> bool:
+    """True for known non-image companions (captions, metadata, licence/readme files)."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return False
+    return suffix in SIDECAR_SUFFIXES or bool(_SIDECAR_NAME.match(path.name)) or (
+        path.name.lower() in {"thumbs.db", "desktop.ini"}
+    )
+
+
+@contextlib.contextmanager
+def _strict_pil() -> Iterator[list[warnings.WarningMessage]]:
+    """Temporarily make Pillow strict: no truncated loads, bomb warnings become errors.
+
+    Yields the list of other warnings Pillow emitted, so they can be reported per file.
+    """
+    saved = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield caught
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _load_one(
+    path: Path, min_size: int, background: tuple[int, int, int]
+) -> tuple[Image.Image, list[str]]:
+    """Fully decode and normalise one file, or raise :class:`_BadImage` with the reason."""
+    try:
+        head = _precheck(path)
+        with _strict_pil() as caught, Image.open(path) as img:
+            _check_pixels(img.size)
+            notes = _frame_notes(img)
+            img.load()
+            rgb = _normalize(img, background, notes)
+        notes.extend(f"Pillow warning: {w.message}" for w in caught)
+    except _BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _BadImage(f"too many pixels, possible decompression bomb "
+                        f"(limit {MAX_PIXELS:,} pixels): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise _BadImage(_identify_failure(head)) from exc
+    except OSError as exc:
+        raise _BadImage(f"truncated or corrupt image data ({exc})") from exc
+    except Exception as exc:  # Pillow raises many types for malformed files
+        raise _BadImage(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
+    width, height = rgb.size
+    if min(width, height) < min_size:
+        raise _BadImage(f"too small: {width}x{height} px, the shorter side must be at least {min_size} px")
+    return rgb, notes
+
+
+def _precheck(path: Path) -> bytes:
+    """Cheap checks before decoding; returns the first 512 bytes of the file."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise _BadImage(f"cannot read the file ({exc.strerror or exc})") from exc
+    if not head:
+        raise _BadImage("empty file (0 bytes)")
+    if (path.suffix.lower() in HEIF_SUFFIXES or _is_heif(head)) and not _heif_support():
+        raise _BadImage(_HEIF_HINT)
+    return head
+
+
+def _is_heif(head: bytes) -> bool:
+    """True if the bytes start an ISO-BMFF ``ftyp`` box of a HEIF/HEIC (not AVIF) file."""
+    if head[4:8] != b"ftyp" or head[8:12] not in _HEIF_BRANDS:
+        return False
+    box_size = int.from_bytes(head[0:4], "big")
+    return b"avif" not in head[16:box_size]
+
+
+@functools.lru_cache(maxsize=1)
+def _heif_support() -> bool:
+    """Register the optional pillow-heif opener; False when it is not installed."""
+    try:
+        import pillow_heif  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _identify_failure(head: bytes) -> str:
+    """Explain why Pillow could not identify a file, from its first bytes."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"corrupt or truncated {name} file (it has a {name} header but cannot be decoded)"
+    if head[8:12] == b"WEBP" and head.startswith(b"RIFF"):
+        return "corrupt or truncated WebP file (it has a WebP header but cannot be decoded)"
+    if b"\x00" not in head:
+        preview = head[:24].decode("utf-8", errors="replace").strip()
+        return f"not an image: the file contains text (starts with {preview!r})"
+    return "not a recognised image format (Pillow cannot identify it)"
+
+
+def _check_pixels(size: tuple[int, int]) -> None:
+    """Refuse images over the decompression-bomb pixel limit before decoding them."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise _BadImage(f"{width}x{height} ({width * height:,} pixels) exceeds the "
+                        f"{MAX_PIXELS:,}-pixel safety limit (possible decompression bomb)")
+
+
+def _frame_notes(img: Image.Image) -> list[str]:
+    """Warn about animations (the first frame is used); leaves ``img`` on frame 0."""
+    try:
+        frames = int(getattr(img, "n_frames", 1))
+    except Exception:  # a broken later frame does not matter: only frame 0 is used
+        frames = 1
+    img.seek(0)
+    if frames > 1 and img.format != "MPO":  # MPO = camera JPEG with preview/depth frames
+        return [f"animated {img.format} with {frames} frames; only the first frame is used"]
+    return []
+
+
+def _normalize(img: Image.Image, background: tuple[int, int, int], notes: list[str]) -> Image.Image:
+    """Return an upright 8-bit RGB copy of a decoded image, appending notes as needed."""
+    upright = _exif_upright(img, notes)
+    if upright.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb(upright)
+    if upright.mode == "F":
+        raise _BadImage("floating-point pixel data (mode F) is not supported; export it as 8-bit RGB")
+    if upright.mode in _ALPHA_MODES or "transparency" in upright.info:
+        rgba = upright.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            notes.append(f"transparent pixels composited over background RGB{tuple(background)}")
+        flat = Image.new("RGB", rgba.size, tuple(background))
+        flat.paste(rgba.convert("RGB"), mask=alpha)
+        return flat
+    if upright.mode == "CMYK":
+        return _cmyk_to_rgb(upright)
+    return upright if upright.mode == "RGB" else upright.convert("RGB")
+
+
+def _exif_upright(img: Image.Image, notes: list[str]) -> Image.Image:
+    """Apply the EXIF orientation tag; always returns a copy detached from the file."""
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # malformed EXIF must not make a good photo unusable
+        notes.append(f"could not read EXIF orientation ({exc}); using the image as stored")
+        return img.copy()
+    return upright if upright is not None else img.copy()
+
+
+def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale 16-bit greyscale (0..65535) to 8 bits by dividing by 257, then to RGB."""
+    values = np.asarray(img).astype(np.float64) / 257.0
+    eight_bit = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight_bit).convert("RGB")
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    """Convert CMYK to sRGB through its embedded ICC profile when possible, else numerically."""
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),
+                                                  outputMode="RGB")
+            if converted is not None:
+                return converted
+        except Exception:  # missing littlecms or a broken profile: fall back below
+            pass
+    return img.convert("RGB")
+
+
+def _pixel_hash(image: Image.Image) -> str:
+    """SHA-256 of the image size and RGB bytes."""
+    digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _duplicate_warnings(images: list[SubjectImage]) -> list[str]:
+    """One warning per photo whose pixels equal an earlier photo's."""
+    first_seen: dict[str, Path] = {}
+    notes: list[str] = []
+    for item in images:
+        original = first_seen.setdefault(item.sha256, item.path)
+        if original != item.path:
+            notes.append(f"{item.path.name}: identical pixels to {original.name} (duplicate photo); "
+                         "it will be used twice unless you remove one copy")
+    return notes

@@ -1,0 +1,136 @@
+"""The run folder: ``run.json``, stage outputs, atomic writes, a lock, and complete-only checkpoints.
+
+Layout::
+
+    RUN/run.json                        subject, class noun, identifier, prompts, models, config, versions
+    RUN/base/pytorch_lora_weights.safetensors   (or unet/ for a full fine-tune)
+    RUN/base/checkpoints/step-N/        COMPLETE marker written last, folder renamed into place
+    RUN/sr/...                          the same for stage two
+
+Nothing half-written is ever visible under its final name: files go through ``atomic_path`` and
+checkpoints through a temporary folder that is renamed once its ``COMPLETE`` marker exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cascade_booth.errors import RunError
+
+COMPLETE = "COMPLETE"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync and rename it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class RunFolder:
+    """One personalization run. ``lock()`` keeps a second process from writing into it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_fh = None
+
+    @property
+    def meta_file(self) -> Path:
+        return self.path / "run.json"
+
+    def exists(self) -> bool:
+        return self.meta_file.is_file()
+
+    def read(self) -> dict[str, Any]:
+        if not self.exists():
+            raise RunError(f"{self.path}: not a cascade-booth run (no run.json); train stage one first")
+        return read_json(self.meta_file)
+
+    def write(self, meta: dict[str, Any]) -> None:
+        write_json(self.meta_file, meta)
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        meta = self.read() if self.exists() else {}
+        meta.update(fields)
+        self.write(meta)
+        return meta
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / stage
+
+    def checkpoint_root(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "checkpoints"
+
+    def lock(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the life of the run
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RunError(f"{self.path}: another cascade-booth process is using this run folder") from None
+        self._lock_fh = fh
+
+    def unlock(self) -> None:
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+
+def checkpoint_steps(root: Path) -> list[int]:
+    """Steps of the complete checkpoints under ``root``, ascending (incomplete ones are ignored)."""
+    if not root.is_dir():
+        return []
+    steps = []
+    for child in root.iterdir():
+        if child.name.startswith("step-") and (child / COMPLETE).is_file():
+            with contextlib.suppress(ValueError):
+                steps.append(int(child.name.removeprefix("step-")))
+    return sorted(steps)
+
+
+@contextlib.contextmanager
+def new_checkpoint(root: Path, step: int, keep: int) -> Iterator[Path]:
+    """Yield a temporary folder to fill; then mark it complete, rename it to ``step-N``, prune old ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
+    try:
+        yield tmp
+        (tmp / COMPLETE).write_text(str(step))
+        final = root / f"step-{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in checkpoint_steps(root)[:-keep]:
+        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+    for stale in root.glob(".step-*"):  # leftovers of killed writers
+        shutil.rmtree(stale, ignore_errors=True)

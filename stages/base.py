@@ -1,0 +1,109 @@
+"""Stage one: fine-tune the 64 px text-to-image model with prior preservation (paper section 3.3).
+
+Instance prompt "a [V] <class noun>" on the subject photos; class prompt "a <class noun>" on class
+images the frozen model generated. Each batch holds ``batch_size`` of each; the loss is the
+instance mean plus ``prior.weight`` times the class mean (``losses.prior_weighted_mean``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cascade_booth.diffusion import training_losses
+from cascade_booth.lora import add_lora
+from cascade_booth.models import cache_dir, resolve_model
+from cascade_booth.prior import class_images
+from cascade_booth.session import RunContext, TrainRequest, device, open_run
+from cascade_booth.text import TextEmbeddings
+from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
+from stages.common import EpochOrder, finish_stage, load_unet, open_rgb, stack_images
+
+NAME = "base"
+
+
+@dataclass
+class BaseJob:
+    """Deterministic instance (+ class) batches and per-sample losses for stage one."""
+
+    unet: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    scheduler: object
+    instance: torch.Tensor  # [n, 3, 64, 64]
+    instance_text: torch.Tensor  # [77, d]
+    class_images: torch.Tensor | None  # [m, 3, 64, 64]
+    class_text: torch.Tensor | None
+    batch_size: int
+    prior_weight: float
+    variance: str
+    seed: int
+    name: str = NAME
+
+    def __post_init__(self) -> None:
+        self._inst_order = EpochOrder(len(self.instance), derive_seed(self.seed, "instance-order"))
+        n_class = 0 if self.class_images is None else len(self.class_images)
+        self._class_order = EpochOrder(max(n_class, 1), derive_seed(self.seed, "class-order"))
+
+    def batch(self, index: int, generator: torch.Generator) -> Batch:
+        idx = self._inst_order.take(index * self.batch_size, self.batch_size)
+        x0, text = [self.instance[idx]], [self.instance_text.expand(len(idx), -1, -1)]
+        is_prior = [torch.zeros(len(idx), dtype=torch.bool)]
+        if self.class_images is not None:
+            cidx = self._class_order.take(index * self.batch_size, self.batch_size)
+            x0.append(self.class_images[cidx])
+            text.append(self.class_text.expand(len(cidx), -1, -1))
+            is_prior.append(torch.ones(len(cidx), dtype=torch.bool))
+        return Batch(torch.cat(x0), torch.cat(text), torch.cat(is_prior))
+
+    def losses(self, unet, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        dev = next(unet.parameters()).device
+        return training_losses(unet, self.scheduler, batch.x0.to(dev), batch.text.to(dev), generator, self.variance)
+
+
+def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path]:
+    """Validate, then build class images, embeddings and the UNet for stage one."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    cfg = req.config
+    model_path = resolve_model(cfg.model.base, stage=1)
+    resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
+    ctx = open_run(req, NAME, model_path, min_size=resolution)
+    if req.force and not req.resume:
+        shutil.rmtree(ctx.run.stage_dir(NAME), ignore_errors=True)
+    dev = device()
+    texts = TextEmbeddings(model_path, cache_dir())
+    prompts = [ctx.meta["instance_prompt"], ctx.meta["class_prompt"], ""]
+    texts.ensure(prompts, device=dev)
+    class_tensor = class_text = None
+    if cfg.prior.enabled:
+        paths = class_images(model_path, ctx.meta["class_prompt"], cfg.prior, cfg.seed, cache_dir(), texts,
+                             dev, progress)
+        class_tensor = stack_images([open_rgb(p) for p in paths], resolution)
+        class_text = texts.get(ctx.meta["class_prompt"])
+    unet, params = load_unet(model_path, cfg.base, dev)
+    job = BaseJob(
+        unet=unet, params=params, scheduler=DDPMScheduler.from_pretrained(model_path / "scheduler"),
+        instance=stack_images([i.image for i in ctx.images], resolution),
+        instance_text=texts.get(ctx.meta["instance_prompt"]), class_images=class_tensor, class_text=class_text,
+        batch_size=cfg.base.batch_size, prior_weight=cfg.prior.weight if cfg.prior.enabled else 0.0,
+        variance=cfg.base.variance, seed=cfg.seed,
+    )
+    return ctx, job, model_path
+
+
+def run(req: TrainRequest, callbacks: Callbacks | None = None, progress=None) -> RunContext:
+    """``cascade-booth train-base``: prepare, train, save the adapter (or UNet) into ``RUN/base``."""
+    ctx, job, model_path = prepare(req, progress)
+    cfg = req.config.base
+    try:
+        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume, callbacks or Callbacks())
+        finish_stage(ctx, NAME, job.unet, cfg, model_path, extra={"prior": req.config.prior.enabled})
+    finally:
+        ctx.run.unlock()
+    return ctx
+
+
+__all__ = ["BaseJob", "prepare", "run", "add_lora"]

@@ -1,0 +1,94 @@
+"""Pieces both stages share: data order, image stacks, UNet loading, saving a finished stage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from cascade_booth.config import StageConfig
+from cascade_booth.images import to_tensor
+from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
+from cascade_booth.session import RunContext
+
+
+class EpochOrder:
+    """Sample ``k`` of the global sample stream: epoch ``e`` is a seeded permutation of ``range(n)``.
+
+    Every item is seen once per epoch, and the order is a pure function of (seed, position), so a
+    resumed run reads exactly the data an uninterrupted run reads.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
+        return self._perms[epoch]
+
+    def take(self, start: int, k: int) -> torch.Tensor:
+        return torch.stack([self._perm(c // self.n)[c % self.n] for c in range(start, start + k)])
+
+
+def open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def stack_images(images: list[Image.Image], size: int) -> torch.Tensor:
+    return torch.stack([to_tensor(img, size) for img in images])
+
+
+def load_unet(model_path: Path, cfg: StageConfig, device: torch.device) -> tuple[torch.nn.Module, list]:
+    """The stage's UNet on ``device`` with LoRA (frozen base in the compute dtype) or all weights trainable."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_path / "unet")
+    if cfg.full:
+        unet.requires_grad_(True)
+        params = list(unet.parameters())
+    else:
+        if device.type == "cuda" and cfg.mixed_precision != "no":  # frozen base weights need no fp32 copy
+            unet.to(torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
+        params = add_lora(unet, cfg.lora_rank)
+    unet.to(device)
+    unet.train()
+    return unet, params
+
+
+def save_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> list[str]:
+    """Write the final adapter (or full UNet) into ``folder`` through a temporary folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=folder))
+    try:
+        if full:
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            shutil.rmtree(folder / "unet", ignore_errors=True)
+            os.replace(tmp / "unet", folder / "unet")
+            return ["unet"]
+        save_lora(unet, tmp)
+        os.replace(tmp / LORA_WEIGHTS, folder / LORA_WEIGHTS)
+        return [LORA_WEIGHTS]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_stage(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
+    files = save_stage_weights(unet, ctx.run.stage_dir(name), cfg.full)
+    meta = ctx.run.read()
+    meta.setdefault("stages", {})[name] = {
+        "done": True, "steps": cfg.steps, "model_path": str(model_path), "files": files,
+        "lora_rank": None if cfg.full else cfg.lora_rank, "full": cfg.full, "variance": cfg.variance,
+        "resolution": unet.config.sample_size, **extra,
+    }
+    ctx.run.write(meta)
+
+
+__all__ = ["EpochOrder", "add_lora", "finish_stage", "load_unet", "open_rgb", "stack_images"]
