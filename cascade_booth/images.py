@@ -1,13 +1,8 @@
-"""Subject photo loading and validation.
+"""Subject photo loading and validation, run before any model loads.
 
-This runs before any model is loaded, so a bad photo folder fails in seconds with one
-message that lists every offending file, instead of minutes later with a traceback.
-
-Every photo is fully decoded (truncated files are errors, never silently grey-filled),
-guarded against decompression bombs, turned upright from its EXIF orientation and
-normalised to 8-bit RGB: CMYK is colour-converted, transparency is composited over a
-background colour, 16-bit greyscale is scaled (not clipped) to 8 bits, and only the first
-frame of an animation is used.
+A bad folder fails in seconds with one message naming every offending file. Each photo is
+fully decoded (truncation is an error), bomb-guarded, EXIF-rotated and normalised to 8-bit
+RGB (CMYK converted, transparency composited, 16-bit scaled, animations cut to frame 0).
 """
 
 from __future__ import annotations
@@ -28,18 +23,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cascade_booth.errors import InputError
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-     ".avif", ".heic", ".heif", ".hif"}
-)
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
+                                            ".tif", ".tiff", ".avif", ".heic", ".heif", ".hif"})
 """File suffixes (lower case) recognised as photos. HEIC/HEIF need the ``pillow-heif`` plugin."""
 
 HEIF_SUFFIXES: frozenset[str] = frozenset({".heic", ".heif", ".hif"})
 
-SIDECAR_SUFFIXES: frozenset[str] = frozenset(
-    {".txt", ".json", ".jsonl", ".md", ".rst", ".yaml", ".yml", ".toml", ".csv", ".tsv",
-     ".xmp", ".aae", ".ini", ".log", ".db"}
-)
+SIDECAR_SUFFIXES: frozenset[str] = frozenset({".txt", ".json", ".jsonl", ".md", ".rst", ".yaml", ".yml",
+                                              ".toml", ".csv", ".tsv", ".xmp", ".aae", ".ini", ".log", ".db"})
 """Suffixes of non-image files (captions, metadata, notes) that are skipped, not checked."""
 
 _SIDECAR_NAME = re.compile(r"^(license|licence|copying|readme|notice|attribution)([-_. ].*)?$", re.I)
@@ -47,8 +38,8 @@ _SIDECAR_NAME = re.compile(r"^(license|licence|copying|readme|notice|attribution
 MAX_PIXELS: int = 89_478_485
 """Decompression-bomb guard: images with more pixels than this (~89 MP) are refused."""
 
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
-                          b"mif1", b"msf1"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
+                          b"msf1"})
 _MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -62,12 +53,8 @@ _HEIF_HINT = (
 
 @dataclass
 class SubjectImage:
-    """One validated subject photo.
-
-    ``image`` is upright (EXIF orientation applied) 8-bit RGB. ``sha256`` is the hex digest
-    of the normalised pixels (size + RGB bytes), so re-encoded or metadata-only copies of
-    the same photo share a hash.
-    """
+    """One validated photo: ``image`` is upright 8-bit RGB; ``sha256`` hashes its size and pixels
+    (not the file bytes), so re-encoded or metadata-only copies share a hash."""
 
     path: Path
     image: Image.Image
@@ -83,15 +70,10 @@ def load_subject_images(
 ) -> tuple[list[SubjectImage], list[str]]:
     """Load and validate every photo in ``folder`` (not recursive), sorted by file name.
 
-    Hidden files and known sidecar files (captions, metadata, LICENSE, README) are skipped;
-    every other file must be a usable image whose shorter side is at least ``min_size``.
-
-    Returns:
-        The images and a list of warnings (each naming its file) for the caller to show.
-
-    Raises:
-        InputError: the folder is missing or holds no images, or one or more files are
-            bad; the message names every bad file with its reason.
+    Hidden files and sidecars (captions, metadata, LICENSE, README) are skipped; every other
+    file must be a usable image whose shorter side is at least ``min_size``. Returns the images
+    and warnings (each naming its file). Raises :class:`InputError` if the folder is missing or
+    has no images, or naming every bad file with its reason.
     """
     folder = Path(folder)
     _check_args(min_size, background)
@@ -117,10 +99,9 @@ def load_subject_images(
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """Take the largest centred square of ``image`` and resample it to ``size`` x ``size``.
+    """Resample the largest centred square of ``image`` to ``size`` x ``size``.
 
-    The crop and resize happen in one Lanczos resampling step (antialiased when
-    downscaling), with sub-pixel accurate centring.
+    Crop and resize are one antialiased Lanczos step with sub-pixel accurate centring.
     """
     _check_size(size)
     width, height = image.size
@@ -131,10 +112,10 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
 
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """Centre-crop and resize ``image`` to a float32 tensor of shape [3, size, size] in [-1, 1].
+    """Centre-crop and resize ``image`` to a float32 tensor [3, size, size] in [-1, 1].
 
-    Non-RGB input is converted with ``Image.convert("RGB")``; use images from
-    :func:`load_subject_images`, which are already RGB, to get proper alpha/16-bit handling.
+    Non-RGB input gets a plain ``convert("RGB")``; images from :func:`load_subject_images`
+    are already RGB with proper alpha/16-bit handling.
     """
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     pixels = np.array(center_crop_resize(rgb, size), dtype=np.uint8)
@@ -188,9 +169,11 @@ def _is_sidecar(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _strict_pil() -> Iterator[list[warnings.WarningMessage]]:
-    """Temporarily make Pillow strict: no truncated loads, bomb warnings become errors.
+    """Make Pillow strict (no truncated loads; bomb check at MAX_PIXELS is an error) for a while.
 
-    Yields the list of other warnings Pillow emitted, so they can be reported per file.
+    Pillow checks the pixel count at ``Image.open``, before any pixel memory is allocated.
+    Yields the list of other warnings Pillow emitted, to be reported per file. Not thread-safe:
+    it briefly changes Pillow's module-level settings.
     """
     saved = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -211,7 +194,6 @@ def _load_one(
     try:
         head = _precheck(path)
         with _strict_pil() as caught, Image.open(path) as img:
-            _check_pixels(img.size)
             notes = _frame_notes(img)
             img.load()
             rgb = _normalize(img, background, notes)
@@ -219,8 +201,10 @@ def _load_one(
     except _BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _BadImage(f"too many pixels, possible decompression bomb "
-                        f"(limit {MAX_PIXELS:,} pixels): {exc}") from exc
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,} pixels" if found else "its pixel count"
+        raise _BadImage(f"{count} exceeds the {MAX_PIXELS:,}-pixel safety limit "
+                        "(possible decompression bomb); downscale it first") from exc
     except UnidentifiedImageError as exc:
         raise _BadImage(_identify_failure(head)) from exc
     except OSError as exc:
@@ -279,14 +263,6 @@ def _identify_failure(head: bytes) -> str:
     return "not a recognised image format (Pillow cannot identify it)"
 
 
-def _check_pixels(size: tuple[int, int]) -> None:
-    """Refuse images over the decompression-bomb pixel limit before decoding them."""
-    width, height = size
-    if width * height > MAX_PIXELS:
-        raise _BadImage(f"{width}x{height} ({width * height:,} pixels) exceeds the "
-                        f"{MAX_PIXELS:,}-pixel safety limit (possible decompression bomb)")
-
-
 def _frame_notes(img: Image.Image) -> list[str]:
     """Warn about animations (the first frame is used); leaves ``img`` on frame 0."""
     try:
@@ -341,7 +317,7 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
     icc = img.info.get("icc_profile")
     if icc:
         try:
-            from PIL import ImageCms
+            from PIL import ImageCms  # optional: needs Pillow built with littlecms
 
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),

@@ -28,11 +28,14 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> li
 
 
 def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights with diffusers' key names (``unet.`` prefix added by the saver)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The adapter weights in peft naming (``lora_A``/``lora_B``), which diffusers' loader reads as-is.
+
+    (diffusers' ``convert_state_dict_to_diffusers`` would rename only some modules to the older
+    ``lora.down``/``lora.up`` style, so we keep one consistent naming.)
+    """
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    return get_peft_model_state_dict(unet)
 
 
 def save_lora(unet: torch.nn.Module, folder: Path) -> Path:

@@ -108,7 +108,7 @@ def check_resume(meta: dict[str, Any], fresh: dict[str, Any], stage: str, allow:
     diff = _drift(old, new)
     if diff and not allow:
         raise RunError(
-            f"--resume with settings that differ from the run's:\n" + "\n".join(diff)
+            "--resume with settings that differ from the run's:\n" + "\n".join(diff)
             + "\nResume with the original settings, or pass --allow-drift to continue anyway."
         )
 
@@ -126,8 +126,8 @@ def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> 
             what = "finished stage one" if done else "stage-one checkpoints"
             raise RunError(f"{run.path} already holds a run with {what}: pass --resume to continue it, "
                            "--force to start over, or choose another --run folder")
-    run.lock()
     identifier = pick_identifier(req, model_path)
+    run.lock()
     fresh = {
         "subject": str(Path(req.subject).resolve()), "subject_files": subject_fingerprint(images),
         "class_noun": req.class_noun.strip(), "identifier": identifier, "seed": req.config.seed,

@@ -53,7 +53,7 @@ class TextEmbeddings:
             for i in range(0, len(missing), batch_size):
                 chunk = missing[i : i + batch_size]
                 states = self._encode(tokenizer, encoder, chunk, device)
-                for prompt, state in zip(chunk, states):
+                for prompt, state in zip(chunk, states, strict=True):
                     with atomic_path(self._file(prompt)) as tmp:
                         save_file({"embeds": state.contiguous()}, str(tmp), metadata={"prompt": prompt})
         finally:

@@ -22,6 +22,7 @@ from cascade_booth.images import (
 
 MIN = 32
 DREAMBENCH_CLOCK = Path("/work/shared/dreambench/clock")
+BUNDLED_CLOCK = Path(images.__file__).parent / "data" / "clock"
 
 
 def _gradient(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
@@ -207,7 +208,8 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     values = np.full((40, 40), 32768, dtype=np.uint16)
     values[0, 0] = 65535
     Image.fromarray(values).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode in {"I", "I;16"}
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode in {"I", "I;16"}
     item, _ = _load_single(tmp_path)
     assert item.image.getpixel((20, 20)) == (128, 128, 128)
     assert item.image.getpixel((0, 0)) == (255, 255, 255)
@@ -312,9 +314,11 @@ def test_to_tensor_rejects_bad_size() -> None:
         to_tensor(Image.new("RGB", (8, 8)), 0)
 
 
-@pytest.mark.skipif(not DREAMBENCH_CLOCK.is_dir(), reason="DreamBench clock photos not available")
-def test_real_dreambench_photos() -> None:
-    loaded, notes = load_subject_images(DREAMBENCH_CLOCK, 256)
+@pytest.mark.parametrize("folder", [DREAMBENCH_CLOCK, BUNDLED_CLOCK], ids=["dreambench", "bundled"])
+def test_real_clock_photos(folder: Path) -> None:
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not available")
+    loaded, notes = load_subject_images(folder, 256)
     assert len(loaded) >= 4
     assert not [n for n in notes if "duplicate" in n]
     for item in loaded:

@@ -195,6 +195,13 @@ def test_pickle_allowed_loads_plain_tensors(tmp_path: Path) -> None:
     assert all(torch.equal(loaded[k], v) for k, v in _tensors().items())
 
 
+def test_pickle_allowed_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(_tensors(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    assert "weights-only loader" in _load_error(path, allow_pickle=True)
+
+
 def test_pickle_allowed_rejects_non_tensor_entries(tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2), "epoch": 3}, path)

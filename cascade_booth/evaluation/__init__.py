@@ -22,5 +22,6 @@ from cascade_booth.evaluation.prompts import LIVE_PROMPTS, LIVE_SUBJECTS, OBJECT
 
 __all__ = [
     "DIV_METRIC", "LIVE_PROMPTS", "LIVE_SUBJECTS", "OBJECT_PROMPTS", "SUBJECTS", "clip_i_score",
-    "clip_t_score", "cosine_similarity_matrix", "dino_score", "diversity", "pres_score", "real_images_row", "self_similarity",
+    "clip_t_score", "cosine_similarity_matrix", "dino_score", "diversity", "pres_score", "real_images_row",
+    "self_similarity",
 ]

@@ -89,7 +89,8 @@ def _echo_summary(report: dict, written: dict, skipped: list) -> None:
     click.echo(f"images: {overall['n_instance_images']} instance, {overall['n_class_images']} class-prompt"
                + (f" ({len(skipped)} PNG(s) without a prompt skipped)" if skipped else ""))
     click.echo(f"DINO {fmt(overall['dino'])}  CLIP-I {fmt(overall['clip_i'])}  "
-               f"CLIP-T {fmt(overall['clip_t'])}  PRES {fmt(overall['pres'])}  DIV {fmt(overall['div'])} ({report['settings']['div_metric']})")
+               f"CLIP-T {fmt(overall['clip_t'])}  PRES {fmt(overall['pres'])}  "
+               f"DIV {fmt(overall['div'])} ({report['settings']['div_metric']})")
     click.echo(f"real images: DINO {fmt(real.get('dino'))}  CLIP-I {fmt(real.get('clip_i'))}  "
                "(paper: 0.774 / 0.885)")
     missing = report.get("coverage", {}).get("missing_templates", [])

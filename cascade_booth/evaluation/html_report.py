@@ -74,7 +74,8 @@ def _grids(report: dict) -> list[str]:
             stats = (f"{prompt['kind']}; DINO {fmt(prompt.get('dino'))}, CLIP-I {fmt(prompt.get('clip_i'))}, "
                      f"CLIP-T {fmt(prompt.get('clip_t'))}, DIV {fmt(prompt.get('div'))}")
             parts.append(f"<h3>{escape(prompt['template'])} <small>({escape(stats)})</small></h3>")
-            figures = [_figure(i["path"], f"DINO {fmt(i['dino'])} · CLIP-T {fmt(i['clip_t'])}") for i in images]
+            figures = [_figure(i["path"], f"DINO {fmt(i['dino'])} · CLIP-T {fmt(i['clip_t'])}")
+                       for i in images]
             parts.append('<div class="grid">' + "".join(figures) + "</div>")
     return parts
 

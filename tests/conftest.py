@@ -1,0 +1,55 @@
+"""Test session set-up: offline, one shared temporary cache (tiny cascade, class images, embeddings)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLOCK = REPO / "cascade_booth" / "data" / "clock"
+SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if not os.environ.get("CASCADE_BOOTH_TEST_KEEP_CACHE"):
+        os.environ["CASCADE_BOOTH_CACHE"] = tempfile.mkdtemp(prefix="cascade-booth-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    cache = os.environ.get("CASCADE_BOOTH_CACHE", "")
+    if "cascade-booth-cache-" in cache and not os.environ.get("CASCADE_BOOTH_TEST_KEEP_CACHE"):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_paths() -> dict[str, Path]:
+    from cascade_booth.models import resolve_model
+
+    return {"base": resolve_model("tiny", 1), "sr": resolve_model("tiny", 2)}
+
+
+@pytest.fixture
+def clock_subject(tmp_path: Path) -> Path:
+    """A private copy of the bundled clock photos (3 of them, for speed)."""
+    folder = tmp_path / "clock"
+    folder.mkdir()
+    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+def tiny_config(**base):
+    from cascade_booth.config import load_config
+
+    cfg = load_config("tiny")
+    cfg.prior.class_images = 2
+    cfg.base.checkpoint_every = 0
+    for key, value in base.items():
+        setattr(cfg.base, key, value)
+    return cfg

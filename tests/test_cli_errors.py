@@ -1,0 +1,68 @@
+"""Bad input: one clear message naming the culprit, non-zero exit, no traceback, no finished-looking run."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cascade_booth.cli import main
+
+
+def _run(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    return result.output
+
+
+def _base(subject, run, *extra):
+    return ["train-base", "--config", "tiny", "--subject", str(subject), "--class-noun", "clock",
+            "--run", str(run), "--steps", "1", *extra]
+
+
+def test_help_lists_every_command():
+    out = CliRunner().invoke(main, ["--help"]).output
+    for cmd in ("train-base", "train-sr", "render", "evaluate", "demo"):
+        assert cmd in out
+
+
+def test_missing_subject_folder(tmp_path: Path):
+    out = _run(_base(tmp_path / "nope", tmp_path / "run"))
+    assert "nope" in out
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_bad_images_are_all_named(tmp_path: Path, clock_subject: Path):
+    (clock_subject / "broken.jpg").write_text("not an image")
+    (clock_subject / "empty.png").write_bytes(b"")
+    out = _run(_base(clock_subject, tmp_path / "run"))
+    assert "broken.jpg" in out and "empty.png" in out
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_empty_class_noun(tmp_path: Path, clock_subject: Path):
+    args = _base(clock_subject, tmp_path / "run")
+    args[args.index("clock")] = " "
+    assert "class-noun" in _run(args)
+
+
+def test_identifier_that_is_not_one_token(tmp_path: Path, clock_subject: Path):
+    out = _run(_base(clock_subject, tmp_path / "run", "--identifier", "zqxjvwk"))
+    assert "zqxjvwk" in out and "single" in out
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_unknown_config_key(tmp_path: Path, clock_subject: Path):
+    cfg = tmp_path / "my.toml"
+    cfg.write_text("[base]\nlearning_rate = 1e-4\n")
+    args = _base(clock_subject, tmp_path / "run")
+    args[args.index("tiny")] = str(cfg)
+    assert "learning_rate" in _run(args)
+
+
+@pytest.mark.parametrize("model", ["nobody/no-such-model", "/definitely/not/here"])
+def test_model_not_found_offline(tmp_path: Path, clock_subject: Path, model: str):
+    out = _run(_base(clock_subject, tmp_path / "run", "--model", model))
+    assert model in out
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -1,0 +1,154 @@
+"""Stage one end to end on the tiny cascade: CLI, run folder, LoRA files, prior batches, caches."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import tiny_config
+from diffusers import IFPipeline, IFSuperResolutionPipeline
+from safetensors.torch import load_file
+
+from cascade_booth.cli import main
+from cascade_booth.models import cache_dir
+from cascade_booth.prior import class_images
+from cascade_booth.text import TextEmbeddings
+
+
+def test_tiny_cascade_has_ifs_architecture(tiny_paths):
+    s1 = IFPipeline.from_pretrained(tiny_paths["base"])
+    s2 = IFSuperResolutionPipeline.from_pretrained(tiny_paths["sr"])
+    assert s1.unet.config.sample_size == 64 and s1.unet.config.out_channels == 6
+    assert s1.unet.config.encoder_hid_dim_type == "text_proj"
+    assert s2.unet.config.sample_size == 256 and s2.unet.config.in_channels == 6
+    assert s2.unet.config.class_embed_type == "timestep"
+    assert s1.scheduler.config.variance_type == "learned_range"
+
+
+def _train(args, subject, run):
+    cli = ["train-base", "--config", "tiny", "--subject", str(subject), "--class-noun", "clock",
+           "--run", str(run), "--steps", "2", "--class-images", "2", "--checkpoint-every", "1", *args]
+    return CliRunner().invoke(main, cli, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import CLOCK
+
+    run = tmp_path_factory.mktemp("runs") / "clock"
+    result = _train(["--lr", "1e-2"], CLOCK, run)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_run_json_records_the_run(trained: Path):
+    meta = json.loads((trained / "run.json").read_text())
+    ident = meta["identifier"]
+    assert meta["instance_prompt"] == f"a {ident} clock" and meta["class_prompt"] == "a clock"
+    assert meta["class_noun"] == "clock" and meta["seed"] == 0
+    assert meta["models"]["base"] == "tiny" and meta["config"]["base"]["steps"] == 2
+    assert set(meta["subject_files"]) == {f"0{i}.jpg" for i in range(6)}
+    stage = meta["stages"]["base"]
+    assert stage["done"] and stage["variance"] == "learned" and stage["lora_rank"] == 4
+    assert {"torch", "diffusers", "peft"} <= set(meta["versions"])
+
+
+def test_lora_keys_shapes_and_reload_into_ifpipeline(trained: Path, tiny_paths):
+    weights = load_file(str(trained / "base" / "pytorch_lora_weights.safetensors"))
+    assert weights and all(k.startswith("unet.") for k in weights)
+    assert any("add_k_proj.lora_A" in k for k in weights) and any("to_q.lora_B" in k for k in weights)
+    a = next(v for k, v in weights.items() if k.endswith("to_q.lora_A.weight"))
+    assert a.shape[0] == 4  # rank
+    pipe = IFPipeline.from_pretrained(tiny_paths["base"], text_encoder=None)
+    x = torch.randn(1, 3, 64, 64)
+    emb = torch.randn(1, 77, pipe.unet.config.encoder_hid_dim)
+    before = pipe.unet(x, 10, encoder_hidden_states=emb).sample
+    pipe.load_lora_weights(trained / "base")
+    after = pipe.unet(x, 10, encoder_hidden_states=emb).sample
+    assert not torch.allclose(before, after)  # the trained adapter is loaded and active
+    from peft.utils import get_peft_model_state_dict
+
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name=pipe.get_active_adapters()[0])
+    assert len(loaded) == len(weights) == 48  # every adapted module (6 targets x 4 attention blocks x A/B)
+    for key, value in weights.items():
+        assert torch.equal(loaded[key.removeprefix("unet.")], value), key
+
+
+def test_checkpoints_are_written_and_pruned(trained: Path):
+    ckpts = sorted(p.name for p in (trained / "base" / "checkpoints").iterdir())
+    assert ckpts == ["step-1", "step-2"]
+    assert (trained / "base" / "checkpoints" / "step-2" / "COMPLETE").exists()
+
+
+def test_existing_run_needs_resume_or_force(trained: Path):
+    from conftest import CLOCK
+
+    result = CliRunner().invoke(main, ["train-base", "--config", "tiny", "--subject", str(CLOCK),
+                                       "--class-noun", "clock", "--run", str(trained)])
+    assert result.exit_code != 0 and "--resume" in result.output and "Traceback" not in result.output
+
+
+def test_prior_batches_hold_instance_then_class_samples(clock_subject, tmp_path):
+    from cascade_booth.session import TrainRequest
+    from stages.base import prepare
+
+    cfg = tiny_config(batch_size=2)
+    ctx, job, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "r", config=cfg))
+    ctx.run.unlock()
+    batch = job.batch(0, torch.Generator().manual_seed(0))
+    assert batch.is_prior.tolist() == [False, False, True, True]
+    assert torch.equal(batch.text[0], batch.text[1]) and not torch.equal(batch.text[0], batch.text[2])
+    # an epoch of instance samples visits every photo once
+    seen = torch.cat([job.batch(i, None).x0[:2] for i in range(3)])
+    assert len({tuple(x.flatten()[:50].tolist()) for x in seen[:3]}) == 3
+    losses = job.losses(job.unet, batch, torch.Generator().manual_seed(0))
+    assert losses.shape == (4,) and torch.isfinite(losses).all()
+
+
+def test_class_image_cache_is_reused_and_grows(tiny_paths):
+    cfg = tiny_config().prior
+    texts = TextEmbeddings(tiny_paths["base"], cache_dir())
+    calls = []
+
+    def fill(seed: int = 7):
+        return class_images(tiny_paths["base"], "a vase", cfg, seed, cache_dir(), texts,
+                            progress=lambda d, t: calls.append(d))
+
+    cfg.class_images = 2
+    first = fill()
+    stamps = [os.stat(p).st_mtime_ns for p in first]
+    cfg.class_images = 4
+    grown = fill()
+    assert grown[:2] == first and [os.stat(p).st_mtime_ns for p in first] == stamps
+    assert calls == [2, 4]  # two generated, then only the two missing ones
+    again = fill()
+    assert again == grown and calls == [2, 4]  # nothing regenerated
+    other_seed = fill(8)
+    assert other_seed[0].parent != grown[0].parent
+
+
+def test_text_embeddings_are_cached_and_the_encoder_not_reloaded(tiny_paths, monkeypatch):
+    texts = TextEmbeddings(tiny_paths["base"], cache_dir())
+    texts.ensure(["a red vase"])
+    emb = texts.get("a red vase")
+    assert emb.shape == (77, 32)
+
+    def boom(*a, **k):
+        raise AssertionError("encoder loaded again")
+
+    monkeypatch.setattr("transformers.T5EncoderModel.from_pretrained", boom)
+    again = TextEmbeddings(tiny_paths["base"], cache_dir())
+    again.ensure(["a red vase", "A Red Vase "])  # same prompt after IF's preprocessing
+    assert torch.equal(again.get("a red vase"), emb)
+
+
+def test_full_fine_tune_saves_a_unet(clock_subject, tmp_path):
+    result = _train(["--full", "--no-prior"], clock_subject, tmp_path / "full")
+    assert result.exit_code == 0, result.output
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "full" / "base" / "unet")
+    assert unet.config.out_channels == 6
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["stages"]["base"]["full"] is True
