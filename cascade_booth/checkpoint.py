@@ -1,32 +1,67 @@
 """Training checkpoints as safetensors + JSON only (nothing pickled), written atomically.
 
-``step-N/`` holds the trainable weights, the optimizer moments, the LR schedule and the step. The
-data order and every random draw are functions of (seed, step), so these are all a resume needs to
-continue bit-for-bit. A checkpoint without its ``COMPLETE`` marker is never read.
+``step-N/`` holds the trainable weights, the optimizer moments, the LR schedule, the step and the
+count of skipped (non-finite) steps. The data order and every random draw are functions of
+(seed, step), so these are all a resume needs to continue bit-for-bit.
+
+A checkpoint is filled in a temporary folder, fsynced, marked ``COMPLETE`` and renamed into place
+(``runfolder.new_checkpoint``); older ones are pruned only after that, so a crash, a kill or a full
+disk at any point leaves the previous checkpoint intact, and a folder without its marker is never
+read. A write error (disk full) becomes a ``CheckpointWriteError`` that names the checkpoint kept.
+Weights or optimizer moments that are not finite are never written (``NonFiniteWeights``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cascade_booth.config import StageConfig
-from cascade_booth.errors import RunError
+from cascade_booth.errors import RunError, TrainingAborted
 from cascade_booth.lora import load_trainable_state, trainable_state
 from cascade_booth.runfolder import checkpoint_steps, new_checkpoint
 
-# Fault-injection point for tests: called with each file's path right after it is written.
+# Fault-injection point for tests: called with each file's path right after it is written, then with
+# the COMPLETE marker, then with the checkpoint folder once it is renamed into place.
 WRITE_HOOK: Callable[[Path], None] | None = None
+
+
+class CheckpointWriteError(RunError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+class NonFiniteWeights(TrainingAborted):
+    """The weights (or optimizer moments) hold NaN/inf; they are not saved."""
+
+
+@dataclass
+class Restored:
+    step: int
+    bad_steps: int
+    folder: Path
 
 
 def _written(path: Path) -> None:
     if WRITE_HOOK is not None:
         WRITE_HOOK(path)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise ``NonFiniteWeights`` naming the first tensor of ``tensors`` with a NaN or inf."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteWeights(
+            f"{what} hold non-finite values ('{bad[0]}'{more}); they were not saved. "
+            "Lower the learning rate, or use bf16 instead of fp16."
+        )
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -49,24 +84,35 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(root: Path, step: int, job, optimizer, schedule, cfg: StageConfig) -> Path:
-    """Write ``root/step-<step>`` atomically and prune to ``cfg.keep_checkpoints``."""
-    with new_checkpoint(root, step, cfg.keep_checkpoints) as tmp:
-        save_file(trainable_state(job.unet, cfg.full), str(tmp / "weights.safetensors"))
-        _written(tmp / "weights.safetensors")
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        _written(tmp / "optimizer.safetensors")
-        trainer = {"step": step, "schedule": schedule.state_dict(), "optimizer": meta}
-        (tmp / "trainer.json").write_text(json.dumps(trainer, default=_jsonable))
-        _written(tmp / "trainer.json")
-    return root / f"step-{step}"
-
-
 def _jsonable(value: Any) -> Any:
     if torch.is_tensor(value):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save(root: Path, step: int, job, optimizer, schedule, cfg: StageConfig, bad_steps: int = 0) -> Path:
+    """Write ``root/step-<step>`` atomically, then prune to ``cfg.keep_checkpoints``."""
+    weights = trainable_state(job.unet, cfg.full)
+    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    check_finite(weights, f"{job.name}: the weights at step {step}")
+    check_finite(tensors, f"{job.name}: the optimizer moments at step {step}")
+    trainer = {"step": step, "bad_steps": bad_steps, "schedule": schedule.state_dict(), "optimizer": meta}
+    previous = latest(root)
+    try:
+        with new_checkpoint(root, step, cfg.keep_checkpoints, on_write=_written) as tmp:
+            save_file(weights, str(tmp / "weights.safetensors"))
+            _written(tmp / "weights.safetensors")
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            _written(tmp / "optimizer.safetensors")
+            (tmp / "trainer.json").write_text(json.dumps(trainer, default=_jsonable))
+            _written(tmp / "trainer.json")
+    except OSError as err:
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(
+            f"could not write checkpoint step-{step} in {root}: {err.strerror or err}; {kept}. "
+            "Free some disk space and run again with --resume."
+        ) from None
+    return root / f"step-{step}"
 
 
 def latest(root: Path) -> Path | None:
@@ -74,17 +120,35 @@ def latest(root: Path) -> Path | None:
     return root / f"step-{steps[-1]}" if steps else None
 
 
-def restore(root: Path, job, optimizer, schedule, full: bool) -> int:
-    """Load the newest complete checkpoint into job/optimizer/schedule; returns its step (0 if none)."""
+def _check_shapes(folder: Path, unet: torch.nn.Module, state: dict[str, torch.Tensor], full: bool) -> None:
+    if full:
+        expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    else:
+        expected = {n: tuple(p.shape) for n, p in unet.named_parameters() if p.requires_grad}
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    if saved == expected:
+        return
+    name = next(k for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k))
+    raise RunError(
+        f"{folder} holds different trainable weights than this model ('{name}': {saved.get(name)} saved, "
+        f"{expected.get(name)} expected): lora_rank or full fine-tuning changed. Such a change cannot be "
+        "resumed, even with --allow-drift; start over with --force."
+    )
+
+
+def restore(root: Path, job, optimizer, schedule, full: bool) -> Restored | None:
+    """Load the newest complete checkpoint into job/optimizer/schedule; None if there is none."""
     folder = latest(root)
     if folder is None:
-        return 0
+        return None
     try:
-        load_trainable_state(job.unet, load_file(str(folder / "weights.safetensors")), full)
+        weights = load_file(str(folder / "weights.safetensors"))
         trainer = json.loads((folder / "trainer.json").read_text())
         opt_state = _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), trainer["optimizer"])
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
+    except (OSError, KeyError, ValueError, SafetensorError) as err:
         raise RunError(f"{folder}: checkpoint cannot be read ({err}); delete it to resume from an older one") from None
+    _check_shapes(folder, job.unet, weights, full)
+    load_trainable_state(job.unet, weights, full)
     optimizer.load_state_dict(opt_state)
     schedule.load_state_dict(trainer["schedule"])
-    return int(trainer["step"])
+    return Restored(int(trainer["step"]), int(trainer.get("bad_steps", 0)), folder)

@@ -26,16 +26,13 @@ def main() -> None:
 
 
 def _register() -> None:
+    from cascade_booth.clikit import friendly
     from cascade_booth.commands import demo, render, train_base, train_sr
+    from cascade_booth.evaluation.cli import evaluate
 
-    for cmd in (train_base, train_sr, render, demo):
+    evaluate.callback = friendly(evaluate.callback)  # errors as one message, like every command
+    for cmd in (train_base, train_sr, render, demo, evaluate):
         main.add_command(cmd)
-    try:
-        from cascade_booth.evaluation.cli import evaluate
-    except ImportError:  # pragma: no cover - evaluation is optional during development
-        evaluate = None
-    if evaluate is not None:
-        main.add_command(evaluate)
 
 
 _register()

@@ -2,8 +2,8 @@
 
 They live in a shared cache, outside any run, keyed by everything that determines them (model,
 class prompt, resolution, sampler, steps, guidance, seed). Image ``i`` comes from its own seed, so a
-cache of 50 grows to 200 without regenerating or changing the first 50, batch size does not matter,
-and an interrupted generation resumes where it stopped (each PNG is written atomically).
+cache of 50 grows to 200 without regenerating or changing the first 50, and an interrupted
+generation resumes where it stopped (each PNG is written atomically) with bit-identical images.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from cascade_booth.config import PriorConfig
+from cascade_booth.errors import BoothError, TrainingAborted
 from cascade_booth.models import model_fingerprint
 from cascade_booth.runfolder import atomic_path
 from cascade_booth.text import TextEmbeddings
@@ -52,6 +54,37 @@ def load_sampling_pipeline(model_path: Path, sampler: str, device: str | torch.d
     return pipe.to(device)
 
 
+class CacheWriteError(BoothError):
+    """The class-image cache could not be written (disk full, permissions)."""
+
+
+class _StopOnSignal:
+    """While generating, SIGINT/SIGTERM stop with a clean ``TrainingAborted`` (the PNGs so far are kept)."""
+
+    def __init__(self, folder: Path, total: int):
+        self.folder, self.total = folder, total
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        done = sum(1 for i in range(self.total) if (self.folder / f"{i:05d}.png").exists())
+        raise TrainingAborted(
+            f"{signal.Signals(signum).name} received while generating class images ({done} of {self.total} "
+            "cached, kept). Run the same command with --resume to continue."
+        )
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def class_images(
     model_path: Path,
     class_prompt: str,
@@ -62,51 +95,76 @@ def class_images(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> list[Path]:
-    """Return ``cfg.class_images`` cached class-image paths, generating only the missing ones."""
+    """Return ``cfg.class_images`` cached class-image paths, generating only the missing ones.
+
+    Two processes filling one cache take turns (an ``flock`` on the cache folder); the second finds
+    the images the first wrote. SIGINT/SIGTERM stop generation with a ``TrainingAborted`` message.
+    """
     from diffusers import UNet2DConditionModel
 
     resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
     folder = cache_root / "class_images" / cache_key(model_path, class_prompt, resolution, cfg, seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:05d}.png" for i in range(cfg.class_images)]
-    with open(folder / ".lock", "w") as lock:  # two runs filling one cache take turns
+    with _StopOnSignal(folder, len(paths)), open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         missing = [i for i, p in enumerate(paths) if not p.exists()]
         if missing:
             _write_meta(folder, model_path, class_prompt, resolution, cfg, seed)
-            _generate(model_path, class_prompt, cfg, seed, texts, device, paths, missing, progress)
+            _generate(model_path, class_prompt, cfg, seed, texts, device, folder, missing, progress)
     return paths
 
 
 def _write_meta(folder: Path, model_path: Path, prompt: str, resolution: int, cfg: PriorConfig, seed: int) -> None:
     meta = dict(model=str(model_path), prompt=prompt, resolution=resolution, sampler=cfg.sampler,
                 steps=cfg.sample_steps, guidance=cfg.guidance, seed=seed)
-    with atomic_path(folder / "cache.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    try:
+        with atomic_path(folder / "cache.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+    except OSError as err:
+        raise CacheWriteError(f"cannot write the class-image cache {folder}: {err.strerror or err}") from None
 
 
-def _generate(model_path, prompt, cfg, seed, texts, device, paths, missing, progress) -> None:
-    texts.ensure([prompt, ""], device=device)
-    pipe = load_sampling_pipeline(model_path, cfg.sampler, device)
+def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, progress) -> None:
+    """Generate the groups of ``cfg.batch_size`` images that hold a missing one.
+
+    Image ``i`` is always generated in group ``i // batch_size`` (with the images beside it, also ones
+    beyond ``class_images``, which are kept for a larger cache), so it is bit-for-bit the same however
+    often generation was interrupted. The caller's global RNG state is left untouched, so whatever
+    is drawn after (e.g. a LoRA initialisation) does not depend on whether images were generated.
+    """
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        texts.ensure([prompt, ""], device=device)
+        pipe = load_sampling_pipeline(model_path, cfg.sampler, device)
+        total, done = cfg.class_images, cfg.class_images - len(missing)
+        for group in sorted({i // cfg.batch_size for i in missing}):
+            indices = range(group * cfg.batch_size, (group + 1) * cfg.batch_size)
+            images = _sample(pipe, prompt, texts, seed, list(indices), cfg, device)
+            for i, image in zip(indices, images, strict=True):
+                path = folder / f"{i:05d}.png"
+                if not path.exists():
+                    _save_png(image, path)
+            done += sum(1 for i in indices if i in missing)
+            if progress:
+                progress(done, total)
+        del pipe
+
+
+def _sample(pipe, prompt: str, texts: TextEmbeddings, seed: int, indices: list[int], cfg: PriorConfig, device):
+    generators = [torch.Generator("cpu").manual_seed(image_seed(seed, i)) for i in indices]
     dtype = pipe.unet.dtype
-    done = len(paths) - len(missing)
-    for start in range(0, len(missing), cfg.batch_size):
-        batch = missing[start : start + cfg.batch_size]
-        generators = [torch.Generator("cpu").manual_seed(image_seed(seed, i)) for i in batch]
-        out = pipe(
-            prompt_embeds=texts.stack([prompt] * len(batch)).to(device, dtype),
-            negative_prompt_embeds=texts.stack([""] * len(batch)).to(device, dtype),
-            num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance, generator=generators,
-            output_type="pil",
-        ).images
-        for i, image in zip(batch, out):
-            _save_png(image, paths[i])
-        done += len(batch)
-        if progress:
-            progress(done, len(paths))
-    del pipe
+    return pipe(
+        prompt_embeds=texts.stack([prompt] * len(indices)).to(device, dtype),
+        negative_prompt_embeds=texts.stack([""] * len(indices)).to(device, dtype),
+        num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance, generator=generators,
+        output_type="pil",
+    ).images
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+    except OSError as err:
+        raise CacheWriteError(f"cannot write class image {path}: {err.strerror or err}") from None

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +88,28 @@ class RunFolder:
         return self.stage_dir(stage) / "checkpoints"
 
     def lock(self) -> None:
+        """Take the run folder's lock (``.lock``, holding our pid) or refuse if another process has it.
+
+        The lock is an ``flock``: the kernel drops it when the holder exits, however it exits, so a
+        killed run never leaves a stale lock behind.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the life of the run
+        fh = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip()
             fh.close()
-            raise RunError(f"{self.path}: another cascade-booth process is using this run folder") from None
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunError(
+                f"{self.path}: another cascade-booth process{who} is using this run folder; "
+                "wait for it to finish or stop it first"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
         self._lock_fh = fh
 
     def unlock(self) -> None:
@@ -116,21 +131,53 @@ def checkpoint_steps(root: Path) -> list[int]:
     return sorted(steps)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(folder: Path) -> None:
+    """Remove ``folder`` by renaming it to a hidden name first, so no half-deleted ``step-N`` is ever seen."""
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def new_checkpoint(root: Path, step: int, keep: int) -> Iterator[Path]:
-    """Yield a temporary folder to fill; then mark it complete, rename it to ``step-N``, prune old ones."""
+def new_checkpoint(
+    root: Path, step: int, keep: int, on_write: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder to fill; then mark it complete, rename it to ``step-N``, prune old ones.
+
+    The files are fsynced before the ``COMPLETE`` marker is written and the folder renamed, and older
+    checkpoints are deleted only after that, so a crash at any point leaves a complete checkpoint.
+    ``on_write`` (fault injection) is called with the marker, then with the renamed folder.
+    """
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=root))
+    final = root / f"step-{step}"
     try:
         yield tmp
+        for child in tmp.iterdir():
+            _fsync(child)
         (tmp / COMPLETE).write_text(str(step))
-        final = root / f"step-{step}"
-        if final.exists():
-            shutil.rmtree(final)
+        _fsync(tmp / COMPLETE)
+        _fsync(tmp)
+        if on_write:
+            on_write(tmp / COMPLETE)
+        if final.exists():  # the same step again (e.g. a drifted resume): the old copy goes last
+            os.replace(final, root / f".old-{final.name}-{os.getpid()}")
         os.replace(tmp, final)
+        _fsync(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if on_write:
+        on_write(final)
     for old in checkpoint_steps(root)[:-keep]:
-        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
-    for stale in root.glob(".step-*"):  # leftovers of killed writers
+        _discard(root / f"step-{old}")
+    for stale in [*root.glob(".step-*"), *root.glob(".old-*"), *root.glob(".trash-*")]:  # killed writers
         shutil.rmtree(stale, ignore_errors=True)

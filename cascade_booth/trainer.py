@@ -3,7 +3,17 @@
 A stage (``stages/``) supplies a ``Job``: the UNet, deterministic batches and per-sample losses. The
 trainer owns everything else: accelerate (mixed precision, several processes), the optimizer, prior
 weighting, non-finite steps, checkpoints, interrupts and resume. All randomness is derived from
-(seed, step, micro-step, process), so a resumed run draws exactly what an uninterrupted one draws.
+(seed, step, micro-step, process), so a resumed run draws exactly what an uninterrupted one draws and
+ends with bitwise-equal weights.
+
+Resume rules: ``resume=True`` continues from the newest complete checkpoint; with none it starts at
+step 0 (a run interrupted before its first checkpoint); on a finished run (a checkpoint at
+``cfg.steps`` exists) it trains nothing. A run with checkpoints enabled always ends with a checkpoint
+at its last step, so a crash while the stage's final weights are written loses no training.
+
+Non-finite steps: a step whose loss or gradients are not finite is not applied (fp16 with a grad
+scaler: the scaler's skipped steps are not counted, it lowers its scale by design); after
+``cfg.max_bad_steps`` such steps the run stops. Non-finite weights are never written to a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import torch
 from cascade_booth import checkpoint as ckpt
 from cascade_booth.config import StageConfig
 from cascade_booth.errors import TrainingAborted
+from cascade_booth.lora import trainable_state
 from cascade_booth.losses import prior_weighted_mean
 
 
@@ -44,7 +55,10 @@ class Job(Protocol):
 
 @dataclass
 class Callbacks:
-    """Progress hooks for the CLI or any UI; every hook is optional."""
+    """Progress hooks for the CLI or any UI; every hook is optional.
+
+    ``on_step`` is called for every step, also a skipped (non-finite) one, whose loss is then not finite.
+    """
 
     on_start: Callable[[int, int], None] | None = None  # (start_step, total_steps)
     on_step: Callable[[int, float, float], None] | None = None  # (step, loss, lr)
@@ -58,7 +72,10 @@ def derive_seed(*parts: int | str) -> int:
 
 
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so the run can checkpoint and stop."""
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the run can checkpoint and stop.
+
+    A second signal stops at once (KeyboardInterrupt); the checkpoint being written is then dropped.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -73,6 +90,8 @@ class _Interrupt:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
@@ -80,65 +99,130 @@ class _Interrupt:
             signal.signal(sig, old)
 
 
+def _warmup(steps: int) -> Callable[[int], float]:
+    warmup = max(steps, 1)
+    return lambda s: min(1.0, (s + 1) / warmup)
+
+
+class _Loop:
+    """One training run's state: the prepared model and optimizer, the schedule and the bad-step count."""
+
+    def __init__(self, job: Job, cfg: StageConfig, root: Path, seed: int, cb: Callbacks):
+        from accelerate import Accelerator
+
+        self.job, self.cfg, self.root, self.seed, self.cb = job, cfg, root, seed, cb
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        if cfg.gradient_checkpointing:
+            job.unet.enable_gradient_checkpointing()
+        fused = self.acc.device.type == "cuda"
+        optimizer = torch.optim.AdamW(job.params, lr=cfg.lr, weight_decay=1e-2, fused=fused)
+        self.lr_factor = _warmup(cfg.warmup_steps)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        self.unet, self.optimizer = self.acc.prepare(job.unet, optimizer)
+        self.bad_steps = 0
+
+    def restore(self) -> int:
+        """Continue from the newest complete checkpoint (step 0 if there is none)."""
+        found = ckpt.restore(self.root, self.job, self.optimizer, self.schedule, self.cfg.full)
+        if found is None:
+            self.cb.events.append("resume: no complete checkpoint, starting at step 0")
+            return 0
+        self.bad_steps = found.bad_steps
+        if self.schedule.base_lrs != [self.cfg.lr] * len(self.schedule.base_lrs):  # --allow-drift changed lr
+            self.schedule.base_lrs = [self.cfg.lr] * len(self.schedule.base_lrs)
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.cfg.lr
+                group["lr"] = self.cfg.lr * self.lr_factor(self.schedule.last_epoch)
+            self.schedule._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.cb.events.append(f"resume: continuing from {found.folder.name}")
+        return found.step
+
+    def accumulate(self, step: int) -> float:
+        """Forward and backward all micro-batches of ``step``; returns the mean loss over processes."""
+        cfg, job, rank, world = self.cfg, self.job, self.acc.process_index, self.acc.num_processes
+        total = 0.0
+        for micro in range(cfg.gradient_accumulation):  # each micro-batch has its own seeded draws
+            torch.manual_seed(derive_seed(self.seed, job.name, step, micro, rank, "global"))  # e.g. dropout
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, job.name, step, micro, rank))
+            batch = job.batch((step * cfg.gradient_accumulation + micro) * world + rank, gen)
+            with self.acc.autocast():
+                per_sample = job.losses(self.unet, batch, gen)
+            loss = prior_weighted_mean(per_sample, batch.is_prior, job.prior_weight) / cfg.gradient_accumulation
+            self.acc.backward(loss)
+            total += loss.detach().float()
+        return self.acc.reduce(torch.as_tensor(total, device=self.acc.device), reduction="mean").item()
+
+    def apply(self, loss: float) -> str | None:
+        """Clip and apply the gradients; returns why nothing was applied (None if it was)."""
+        problem = None if math.isfinite(loss) else "non-finite loss"
+        if problem is None:
+            max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+            norm = self.acc.clip_grad_norm_(self.job.params, max_norm)
+            if self.acc.scaler is not None:  # fp16 on GPU: the scaler skips overflowing steps itself
+                self.optimizer.step()
+                problem = "fp16 gradient overflow (scaler)" if self.optimizer.step_was_skipped else None
+            elif norm is not None and not bool(torch.isfinite(norm)):
+                problem = "non-finite gradients"
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if problem is None:
+            self.schedule.step()
+        return problem
+
+    def skipped(self, done: int, problem: str) -> None:
+        self.cb.events.append(f"step {done}: {problem}, update skipped")
+        if "scaler" in problem:
+            return
+        self.bad_steps += 1
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            last = ckpt.latest(self.root)
+            raise TrainingAborted(
+                f"{self.job.name}: loss or gradients were non-finite on {self.bad_steps} steps; stopped at step "
+                f"{done} ({'last checkpoint: ' + last.name if last else 'no checkpoint'}). "
+                "Lower the learning rate or use bf16 instead of fp16."
+            )
+
+    def save(self, done: int) -> None:
+        if self.acc.is_main_process:
+            path = ckpt.save(self.root, done, self.job, self.optimizer, self.schedule, self.cfg, self.bad_steps)
+            if self.cb.on_checkpoint:
+                self.cb.on_checkpoint(done, path)
+        self.acc.wait_for_everyone()
+
+    def step(self, step: int) -> None:
+        done = step + 1
+        loss = self.accumulate(step)
+        problem = self.apply(loss)
+        if problem is not None:
+            self.skipped(done, problem)
+        if self.cb.on_step:
+            self.cb.on_step(done, loss, self.schedule.get_last_lr()[0])
+        every = self.cfg.validation_every
+        if problem is None and every and done % every == 0 and self.cb.on_validation:
+            self.cb.on_validation(self.acc.unwrap_model(self.unet), done)
+
+
 def train(job: Job, cfg: StageConfig, ckpt_root: Path, seed: int, resume: bool, cb: Callbacks) -> int:
     """Run ``cfg.steps`` optimizer steps of ``job``; returns the last step reached."""
-    from accelerate import Accelerator
-
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    if cfg.gradient_checkpointing:
-        job.unet.enable_gradient_checkpointing()
-    fused = acc.device.type == "cuda"
-    optimizer = torch.optim.AdamW(job.params, lr=cfg.lr, weight_decay=1e-2, fused=fused)
-    warmup = max(cfg.warmup_steps, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    unet, optimizer = acc.prepare(job.unet, optimizer)
-    start = ckpt.restore(ckpt_root, job, optimizer, schedule, cfg.full) if resume else 0
+    loop = _Loop(job, cfg, ckpt_root, seed, cb)
+    start = loop.restore() if resume else 0
+    if start >= cfg.steps:
+        cb.events.append(f"{job.name}: already trained to step {start}; nothing to do")
     if cb.on_start:
         cb.on_start(start, cfg.steps)
-    bad_steps, rank, world = 0, acc.process_index, acc.num_processes
     with _Interrupt() as interrupt:
         for step in range(start, cfg.steps):
-            total = 0.0
-            for micro in range(cfg.gradient_accumulation):  # each micro-batch has its own seeded draws
-                gen = torch.Generator().manual_seed(derive_seed(seed, job.name, step, micro, rank))
-                index = (step * cfg.gradient_accumulation + micro) * world + rank
-                batch = job.batch(index, gen)
-                with acc.autocast():
-                    per_sample = job.losses(unet, batch, gen)
-                loss = prior_weighted_mean(per_sample, batch.is_prior, job.prior_weight) / cfg.gradient_accumulation
-                acc.backward(loss)
-                total += loss.detach().float()
-            total = acc.reduce(torch.as_tensor(total, device=acc.device), reduction="mean").item()
-            if not math.isfinite(total):  # never apply (or save) a non-finite update
-                optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                cb.events.append(f"step {step + 1}: non-finite loss, update skipped")
-                if bad_steps >= cfg.max_bad_steps:
-                    raise TrainingAborted(
-                        f"{job.name}: loss was non-finite on {bad_steps} steps; stopped at step {step + 1}. "
-                        "Lower the learning rate or use bf16 instead of fp16."
-                    )
-                continue
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(job.params, cfg.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            loop.step(step)
             done = step + 1
-            if cb.on_step:
-                cb.on_step(done, total, schedule.get_last_lr()[0])
-            if cfg.validation_every and done % cfg.validation_every == 0 and cb.on_validation:
-                cb.on_validation(acc.unwrap_model(unet), done)
-            stop = interrupt.signal is not None
-            if acc.is_main_process and (stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                path = ckpt.save(ckpt_root, done, job, optimizer, schedule, cfg)
-                if cb.on_checkpoint:
-                    cb.on_checkpoint(done, path)
-            if stop:
+            if interrupt.signal is not None:
+                loop.save(done)
                 name = signal.Signals(interrupt.signal).name
                 raise TrainingAborted(
                     f"{job.name}: {name} received; checkpoint saved at step {done}. Run again with --resume."
                 )
-    acc.wait_for_everyone()
-    job.unet = acc.unwrap_model(unet)
-    return cfg.steps
+            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                loop.save(done)
+    ckpt.check_finite(trainable_state(job.unet, cfg.full), f"{job.name}: the final weights")
+    job.unet = loop.acc.unwrap_model(loop.unet)
+    return max(cfg.steps, start)

@@ -23,7 +23,7 @@ E1, E2, E3 = torch.eye(3)
 
 def _labels(tmp_path: Path) -> list[LabelledImage]:
     specs = [("a [V] dog in the snow", "instance"), ("a [V] dog in the snow", "instance"),
-             ("a red [V] dog <b>", "instance"), ("a dog in the snow", "class")]
+             ("a red [V] dog <b>", "instance"), ("a dog in the snow", "class"), ("a dog in the snow", "class")]
     labels = []
     for i, (template, kind) in enumerate(specs):
         path = tmp_path / f"gen{i}.png"
@@ -46,8 +46,8 @@ def _real(tmp_path: Path) -> list[str]:
 def report(tmp_path):
     labels = _labels(tmp_path)
     emb = Embeddings(
-        gen_dino=torch.stack([E1, E2, E1, E1]), gen_clip=torch.stack([E1, E1, E2, E3]),
-        text_clip=torch.stack([E1, E2, E2, E3]),
+        gen_dino=torch.stack([E1, E2, E1, E1, E1]), gen_clip=torch.stack([E1, E1, E2, E3, E3]),
+        text_clip=torch.stack([E1, E2, E2, E3, E3]),
         real_dino=torch.stack([E1, E1]), real_clip=torch.stack([E1, E2]),
     )
     scores = score(labels, emb)
@@ -68,14 +68,16 @@ def test_scores_by_hand(report):
     assert s["clip_i"] == pytest.approx(0.5)
     # CLIP-T pairs (E1,E1)=1, (E2,E1)=0, (E2,E2)=1; the class image is not counted.
     assert s["clip_t"] == pytest.approx(2 / 3)
-    assert s["pres"] == pytest.approx(1.0)  # class image E1 vs real E1s
-    assert s["div"] == pytest.approx(1.0)  # "snow" pair (E1, E2); the single "red" image has no pair
+    assert s["pres"] == pytest.approx(1.0)  # class images E1, E1 vs real E1s
+    # "snow" pair (E1, E2) -> 1; the single "red" image has no pair; class samples (div 0) don't count.
+    assert s["div"] == pytest.approx(1.0)
     assert report["real_images"]["dino"] == pytest.approx(1.0)
     assert report["real_images"]["clip_i"] == pytest.approx(0.0)
-    assert (s["n_instance_images"], s["n_class_images"], s["n_real_images"]) == (3, 1, 2)
+    assert (s["n_instance_images"], s["n_class_images"], s["n_real_images"]) == (3, 2, 2)
     rows = {(p["kind"], p["template"]): p for p in report["per_prompt"]}
     assert rows[("instance", "a red [V] dog <b>")]["div"] is None
-    assert rows[("class", "a dog in the snow")]["n_images"] == 1
+    assert rows[("class", "a dog in the snow")]["n_images"] == 2
+    assert rows[("class", "a dog in the snow")]["div"] == pytest.approx(0.0)
 
 
 def test_report_structure_is_strict_json(report):
@@ -86,7 +88,7 @@ def test_report_structure_is_strict_json(report):
     assert report["settings"]["weird"] is None  # NaN cleaned
     assert report["overall"]["n_subjects"] == 1
     assert report["overall"]["dino"] == pytest.approx(2 / 3)
-    assert len(report["per_image"]) == 4 and {"path", "prompt", "template", "kind", "dino", "clip_i",
+    assert len(report["per_image"]) == 5 and {"path", "prompt", "template", "kind", "dino", "clip_i",
                                               "clip_t", "subject"} <= set(report["per_image"][0])
     assert [row["method"] for row in report["paper"]["table1"]] == [
         "Real Images", "DreamBooth (Imagen)", "DreamBooth (Stable Diffusion)"]
@@ -112,7 +114,7 @@ def test_html_is_well_formed_and_embeds_every_image(report):
     assert page.startswith("<!DOCTYPE html>")
     root = ET.fromstring(page.split("\n", 1)[1])  # XHTML-compatible markup parses as XML
     images = root.findall(".//img")
-    assert len(images) == 4 + 2  # generated + real
+    assert len(images) == 5 + 2  # generated + real
     for img in images:
         prefix, data = img.get("src").split(",", 1)
         assert prefix == "data:image/jpeg;base64"
@@ -126,7 +128,7 @@ def test_html_is_well_formed_and_embeds_every_image(report):
 def test_html_marks_missing_images_instead_of_failing(report):
     Path(report["per_image"][0]["path"]).unlink()
     root = ET.fromstring(to_html(report).split("\n", 1)[1])
-    assert len(root.findall(".//img")) == 5
+    assert len(root.findall(".//img")) == 6
     assert "missing: gen0.png" in ET.tostring(root, encoding="unicode")
 
 

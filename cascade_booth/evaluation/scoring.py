@@ -175,7 +175,7 @@ def _summary(inst: list[int], cls: list[int], groups: dict, emb: Embeddings) -> 
         summary["clip_i"] = metrics.clip_i_score(emb.gen_clip[index], emb.real_clip)
         summary["clip_t"] = metrics.clip_t_score(emb.text_clip[index], emb.gen_clip[index])
         div_groups = [emb.gen_dino[torch.tensor(rows)]
-                      for (kind, _), rows in groups.items() if True]
+                      for (kind, _), rows in groups.items() if kind == "instance"]
         if any(len(g) >= 2 for g in div_groups):
             summary["div"] = metrics.diversity(div_groups)
     if cls:
