@@ -19,7 +19,12 @@ Peak memory is the max RSS of each tool's process (``os.wait4``), the larger of 
 The diffusers script is third-party code: get it outside this repository (``fetch`` the diffusers
 repo, ``git show HEAD:examples/dreambooth/train_dreambooth_lora.py``). It imports torchvision for its
 image transforms only; there is no CPU torchvision build for this torch, so its run gets
-``tools/torchvision_shim`` (a few PIL/torch transforms) on ``PYTHONPATH``. cascade-booth never sees it.
+``tools/torchvision_shim`` (a few PIL/torch transforms, run through its ``launch.py`` so that
+transformers/diffusers still see no torchvision). cascade-booth never sees it.
+
+The two tools' runs are interleaved (A n1, B n1, A n2, B n2, ...) so that load from other processes
+on a shared machine hits both alike; CPU seconds (user + sys of the process) are reported beside
+wall seconds because they are less sensitive to such load.
 """
 
 from __future__ import annotations
@@ -124,8 +129,9 @@ validation_every = 0
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, max RSS in MiB of that process)."""
+def run_measured(cmd: list[str], env: dict, log_file: Path) -> dict:
+    """Run ``cmd``; return wall and CPU seconds, max RSS (MiB) of that process, and the load average."""
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(log_file, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -135,7 +141,8 @@ def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, floa
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- {log_file} tail ---\n{tail}")
-    return wall, usage.ru_maxrss / 1024.0  # Linux: KiB
+    return dict(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, rss_mib=usage.ru_maxrss / 1024.0,  # KiB
+                load1_before=load0, load1_after=os.getloadavg()[0])
 
 
 def base_env(work: Path, threads: int) -> dict:
@@ -163,7 +170,7 @@ def cascade_cmd(work: Path, model: Path, run_dir: Path, steps: int, variance_cfg
 
 def diffusers_cmd(script: Path, work: Path, model: Path, out_dir: Path, steps: int, prompts: dict) -> list[str]:
     return [
-        sys.executable, str(script),
+        sys.executable, str(SHIM / "launch.py"), str(script),
         "--pretrained_model_name_or_path", str(model),
         "--instance_data_dir", str(work / "subject"), "--instance_prompt", prompts["instance_prompt"],
         "--class_data_dir", str(work / "class_images"), "--class_prompt", prompts["class_prompt"],
@@ -225,28 +232,31 @@ def bench(args) -> dict:
                 lambda n, d, cfg=cfg: cascade_cmd(work, model, d, n, cfg), base_env(work, args.threads))
     if args.diffusers_script:
         env = base_env(work, args.threads)
-        env["PYTHONPATH"] = str(SHIM)
         script = args.diffusers_script.resolve()
         tools["diffusers train_dreambooth_lora.py"] = (
             lambda n, d: diffusers_cmd(script, work, model, d, n, info), env)
     results = {}
     for rep in range(args.repeats):
-        for name, (make_cmd, env) in tools.items():
-            for n in (n1, n2):
+        for n in (n1, n2):
+            for name, (make_cmd, env) in tools.items():
                 tag = name.split()[0] + ("-" + name.split("=")[1].rstrip(")") if "=" in name else "")
                 out_dir = work / "runs" / f"{tag}-n{n}-r{rep}"
                 shutil.rmtree(out_dir, ignore_errors=True)
                 log(f"{name}: {n} steps (repeat {rep + 1}/{args.repeats})")
-                wall, rss = run_measured(make_cmd(n, out_dir), env, work / "runs" / f"{tag}-n{n}-r{rep}.log")
-                log(f"  wall {wall:.1f} s, max RSS {rss:.0f} MiB")
-                results.setdefault(name, {}).setdefault(n, []).append({"wall_s": wall, "rss_mib": rss})
+                m = run_measured(make_cmd(n, out_dir), env, work / "runs" / f"{tag}-n{n}-r{rep}.log")
+                log(f"  wall {m['wall_s']:.1f} s, cpu {m['cpu_s']:.1f} s, max RSS {m['rss_mib']:.0f} MiB, "
+                    f"load {m['load1_before']:.1f}->{m['load1_after']:.1f}")
+                results.setdefault(name, {}).setdefault(n, []).append(m)
                 results[name].setdefault("cmd", {})[n] = make_cmd(n, out_dir)
     rows = []
     for name, res in results.items():
-        t1 = statistics.median(r["wall_s"] for r in res[n1])
-        t2 = statistics.median(r["wall_s"] for r in res[n2])
-        step = (t2 - t1) / (n2 - n1)
-        rows.append(dict(tool=name, startup_s=t1 - n1 * step, step_s=step,
+        row = dict(tool=name)
+        for key in ("wall", "cpu"):
+            t1 = statistics.median(r[f"{key}_s"] for r in res[n1])
+            t2 = statistics.median(r[f"{key}_s"] for r in res[n2])
+            step = (t2 - t1) / (n2 - n1)
+            row.update({f"startup_{key}_s": t1 - n1 * step, f"step_{key}_s": step})
+        rows.append(dict(row,
                          peak_rss_mib=max(r["rss_mib"] for n in (n1, n2) for r in res[n]),
                          runs={str(n): res[n] for n in (n1, n2)}, cmd=res["cmd"][n2]))
     return dict(info=info, steps=[n1, n2], repeats=args.repeats, threads=args.threads, rows=rows,
@@ -284,15 +294,18 @@ def versions() -> dict:
 
 
 def table(res: dict) -> str:
-    lines = ["| tool | startup s | per-step s | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| tool | startup s (wall) | per-step s (wall) | per-step CPU s | peak RSS MiB |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for r in res["rows"]:
-        lines.append(f"| {r['tool']} | {r['startup_s']:.1f} | {r['step_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+        lines.append(f"| {r['tool']} | {r['startup_wall_s']:.1f} | {r['step_wall_s']:.2f} | {r['step_cpu_s']:.2f} "
+                     f"| {r['peak_rss_mib']:.0f} |")
     ref = next((r for r in res["rows"] if r["tool"].startswith("diffusers")), None)
     if ref:
         lines.append("")
         for r in res["rows"]:
             if r is not ref:
-                lines.append(f"- {r['tool']}: step time {r['step_s'] / ref['step_s']:.2f}x diffusers', "
+                lines.append(f"- {r['tool']}: wall step time {r['step_wall_s'] / ref['step_wall_s']:.2f}x diffusers', "
+                             f"CPU step time {r['step_cpu_s'] / ref['step_cpu_s']:.2f}x, "
                              f"peak RSS {r['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")
     return "\n".join(lines)
 
@@ -304,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--diffusers-script", type=Path, default=None,
                    help="path to diffusers' examples/dreambooth/train_dreambooth_lora.py (kept outside the repo)")
     p.add_argument("--unet", default="cpu-100m", help="UNet config name from tools/if_configs.py")
-    p.add_argument("--steps", type=int, nargs=2, default=(3, 8), metavar=("N1", "N2"))
+    p.add_argument("--steps", type=int, nargs=2, default=(2, 5), metavar=("N1", "N2"))
     p.add_argument("--repeats", type=int, default=1, help="runs per step count; the median wall time is used")
     p.add_argument("--threads", type=int, default=2, help="OMP/MKL threads for both tools")
     p.add_argument("--variance", nargs="+", default=["learned", "fixed"], choices=["learned", "fixed"],
