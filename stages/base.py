@@ -94,12 +94,45 @@ def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path
     return ctx, job, model_path
 
 
+def validation_prompts(ctx: RunContext) -> list[str]:
+    """The instance prompt alone and in a new context: does the subject appear, does it recontextualize."""
+    return [ctx.meta["instance_prompt"], f"{ctx.meta['instance_prompt']} on the beach"]
+
+
+def make_validator(ctx: RunContext, job: BaseJob, model_path: Path, cfg):
+    """A ``Callbacks.on_validation`` hook writing ``RUN/base/validation/step-N.png`` (one image per prompt)."""
+    from cascade_booth.pngmeta import grid
+    from cascade_booth.runfolder import atomic_path
+    from cascade_booth.sampling import make_scheduler, sample_base, to_pil
+
+    texts = TextEmbeddings(model_path, cache_dir())
+    prompts = validation_prompts(ctx)
+    texts.ensure(prompts + [""])
+
+    def validate(unet, step: int) -> None:
+        dev, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+        scheduler = make_scheduler(job.scheduler.config, job.variance, cfg.render.steps, dev)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        was_training = unet.training
+        unet.eval()
+        images = sample_base(unet, scheduler, texts.stack(prompts).to(dev, dtype),
+                             texts.stack([""] * len(prompts)).to(dev, dtype), cfg.render.guidance, gen)
+        unet.train(was_training)
+        with atomic_path(ctx.run.stage_dir(NAME) / "validation" / f"step-{step}.png") as tmp:
+            grid([to_pil(images)]).save(tmp, format="PNG")
+
+    return validate
+
+
 def run(req: TrainRequest, callbacks: Callbacks | None = None, progress=None) -> RunContext:
     """``cascade-booth train-base``: prepare, train, save the adapter (or UNet) into ``RUN/base``."""
     ctx, job, model_path = prepare(req, progress)
     cfg = req.config.base
+    callbacks = callbacks or Callbacks()
+    if cfg.validation_every and callbacks.on_validation is None:
+        callbacks.on_validation = make_validator(ctx, job, model_path, req.config)
     try:
-        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume, callbacks or Callbacks())
+        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume, callbacks)
         finish_stage(ctx, NAME, job.unet, cfg, model_path, extra={"prior": req.config.prior.enabled})
     finally:
         ctx.run.unlock()

@@ -152,3 +152,17 @@ def test_full_fine_tune_saves_a_unet(clock_subject, tmp_path):
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "full" / "base" / "unet")
     assert unet.config.out_channels == 6
     assert json.loads((tmp_path / "full" / "run.json").read_text())["stages"]["base"]["full"] is True
+
+
+def test_validation_images_every_n_steps(clock_subject, tmp_path):
+    from cascade_booth.session import TrainRequest
+    from stages.base import run
+
+    cfg = tiny_config(steps=2, validation_every=1)
+    cfg.prior.enabled = False
+    run(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "v", config=cfg))
+    shots = sorted(p.name for p in (tmp_path / "v" / "base" / "validation").iterdir())
+    assert shots == ["step-1.png", "step-2.png"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "v" / "base" / "validation" / "step-1.png").width >= 2 * 64
