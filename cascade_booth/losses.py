@@ -69,7 +69,7 @@ def vlb_term(
     the variance interpolation while L_simple trains epsilon.
     """
     betas = scheduler.betas.to(torch.float64)
-    acp = scheduler.alphas_cumprod.to(torch.float64)
+    acp = scheduler.alphas_cumprod.to(betas.device, torch.float64)  # add_noise may have moved it to the GPU
     acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
     post_var = betas * (1.0 - acp_prev) / (1.0 - acp)
     post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]]))

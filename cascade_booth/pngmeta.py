@@ -10,12 +10,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from cascade_booth import __version__
 from cascade_booth.runfolder import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from cascade_booth.runner import Plan
+
+STAGE_NUMBER = {"base": 1, "sr": 2, "upscale": 3}
+
+
+def render_meta(plan: Plan, i: int, j: int, image: Image.Image) -> dict[str, Any]:
+    """What an image's PNG chunks and sidecar record (``prompt`` is the filled prompt).
+
+    ``stage`` is the cascade stage that made the image (1: 64 px, 2: SR, 3: x4 upscaler), the number
+    ``cascade_booth.evaluation`` uses to keep final-stage images only.
+    """
+    stages = [s for s in (plan.base, plan.sr) if s is not None]
+    last = "upscale" if plan.upscaler is not None else stages[-1].name
+    return {
+        "prompt": plan.prompts[i], "prompt_template": plan.templates[i], "kind": "instance",
+        "identifier": plan.meta["identifier"], "class_noun": plan.meta.get("class_noun"), "seed": plan.seed + j,
+        "prompt_index": i, "image_index": j, "stage": STAGE_NUMBER[last], "stage_name": last,
+        "width": image.width, "height": image.height,
+        "models": {s.name: s.model for s in stages} | ({"upscaler": str(plan.upscaler)} if plan.upscaler else {}),
+        "weights": {s.name: None if s.weights is None else str(s.weights) for s in stages},
+        "steps": {s.name: s.steps for s in stages}, "guidance": {s.name: s.guidance for s in stages},
+        "variance": {s.name: s.variance for s in stages},
+        "variance_type": {s.name: s.variance_type for s in stages},
+        "noise_level": None if plan.sr is None else plan.sr.noise_level,
+        "run": str(plan.run.path), "cascade_booth": __version__,
+    }
 
 
 def _chunk_text(value: Any) -> str:
@@ -37,6 +66,22 @@ def save_png(image: Image.Image, path: Path, meta: dict[str, Any], sidecar: bool
     if sidecar:
         write_json(path.with_suffix(".json"), {"image": path.name, **meta})
     return path
+
+
+def render_name(prompt_index: int, seed: int, image_index: int) -> str:
+    """``p<prompt>-seed<seed>-<image>.png``: sorts by prompt, and says which noise an image started from."""
+    return f"p{prompt_index:03d}-seed{seed}-{image_index:02d}.png"
+
+
+def write_renders(out: Path, rows: list[list[Image.Image]], metas: list[list[dict[str, Any]]]) -> list[Path]:
+    """Save every image (chunks + sidecar) under its ``render_name``; add ``grid.png`` when there are several."""
+    paths = [save_png(img, out / render_name(m["prompt_index"], m["seed"], m["image_index"]), m)
+             for row, row_metas in zip(rows, metas, strict=True) for img, m in zip(row, row_metas, strict=True)]
+    if len(paths) > 1:
+        with atomic_path(out / "grid.png") as tmp:
+            grid(rows).save(tmp, format="PNG")
+        paths.append(out / "grid.png")
+    return paths
 
 
 def read_png_text(path: Path) -> dict[str, str]:

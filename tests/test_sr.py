@@ -1,0 +1,322 @@
+"""Stage two (SR fine-tune): same conditioning as rendering, learns to follow its input, run folder, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CLOCK, tiny_config
+from diffusers import DDPMScheduler, IFSuperResolutionPipeline, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from cascade_booth.errors import InputError, RunError
+from cascade_booth.images import to_tensor
+from cascade_booth.models import cache_dir, resolve_model
+from cascade_booth.runfolder import RunFolder
+from cascade_booth.sampling import make_scheduler, sample_sr
+from cascade_booth.session import TrainRequest, load_subject, subject_fingerprint
+from cascade_booth.tiny import if_scheduler, unet_config
+from stages import sr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Two OpenMP threads on a busy 2-core machine can be 100x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stage_one(tmp_path_factory) -> Path:
+    """A finished stage one (tiny cascade, 1 step, prior on with 2 class images) on 3 clock photos."""
+    from stages.base import run as train_base
+
+    subject = tmp_path_factory.mktemp("sr-subject")
+    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
+        shutil.copy(src, subject / src.name)
+    run = tmp_path_factory.mktemp("sr-runs") / "stage-one"
+    train_base(TrainRequest(subject=subject, class_noun="clock", run=run, config=tiny_config(steps=1)))
+    return run
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock", "checkpoints"))
+    return dst
+
+
+def _edit(run: Path, fn) -> None:
+    meta = json.loads((run / "run.json").read_text())
+    fn(meta)
+    (run / "run.json").write_text(json.dumps(meta))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _first_unet_call(unet, fn) -> dict:
+    """The inputs of the first UNet call made by ``fn`` (the call itself is cut short)."""
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        seen.update(sample=args[0].detach().cpu(), timestep=torch.as_tensor(args[1]).cpu(),
+                    class_labels=kwargs["class_labels"].cpu())
+        raise _Stop
+
+    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        fn()
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen
+
+
+# (a) conditioning identity ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def captured(stage_one):
+    """UNet inputs from a training loss, our sampler and diffusers' IFSuperResolutionPipeline, same seed."""
+    ctx, job, cfg = sr.prepare(sr.SRRequest(run=stage_one))
+    try:
+        with pytest.raises(RunError, match="another cascade-booth process"):
+            RunFolder(stage_one).lock()  # the run folder is locked while stage two holds it
+    finally:
+        ctx.run.unlock()
+    job.batch_size = 2
+    batch = job.batch(0, torch.Generator())
+    unet, level, seed = job.unet.eval(), job.noise_level, 7
+    dev = next(unet.parameters()).device
+    text, neg, low_res = batch.text.to(dev), torch.zeros_like(batch.text).to(dev), batch.low_res.to(dev)
+
+    def train_call(noise_level: int = level):
+        gen = torch.Generator().manual_seed(seed)
+        randn_tensor(batch.x0.shape, generator=gen)  # the sampler's initial noise comes first from the seed
+        job.noise_level = noise_level
+        with torch.no_grad():
+            job.losses(unet, batch, gen)
+        job.noise_level = level
+
+    model_path = resolve_model("tiny", 2)
+    sched = make_scheduler(DDPMScheduler.load_config(model_path / "scheduler"), "learned", 2, dev)
+    pipe = IFSuperResolutionPipeline.from_pretrained(
+        model_path, unet=unet, text_encoder=None, tokenizer=None, safety_checker=None, feature_extractor=None,
+        watermarker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return {
+        "level": level, "batch": batch,
+        "train": _first_unet_call(unet, train_call),
+        "train_250": _first_unet_call(unet, lambda: train_call(250)),
+        "ours": _first_unet_call(unet, lambda: sample_sr(
+            unet, sched, job.noising_scheduler, low_res, text, neg, level, 4.0,
+            torch.Generator().manual_seed(seed))),
+        "diffusers": _first_unet_call(unet, lambda: pipe(
+            image=low_res, prompt_embeds=text, negative_prompt_embeds=neg, num_inference_steps=2,
+            noise_level=level, guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), output_type="pt")),
+    }
+
+
+def test_training_conditioning_equals_rendering_and_diffusers(captured):
+    train, ours, theirs = captured["train"]["sample"], captured["ours"]["sample"], captured["diffusers"]["sample"]
+    b = train.shape[0]
+    assert train.shape == (b, 6, 256, 256) and ours.shape == theirs.shape == (2 * b, 6, 256, 256)
+    cond = train[:, 3:]
+    for half in (ours[:b, 3:], ours[b:, 3:], theirs[:b, 3:], theirs[b:, 3:]):
+        torch.testing.assert_close(half, cond, rtol=0, atol=1e-6)
+    level = captured["level"]
+    assert captured["train"]["class_labels"].tolist() == [level] * b
+    labels = captured["ours"]["class_labels"].tolist()
+    assert labels == captured["diffusers"]["class_labels"].tolist() == [level] * 2 * b
+    # the conditioning is the upsampled 64 px input, lightly noised (not the target, not pure noise)
+    up = torch.nn.functional.interpolate(captured["batch"].low_res, (256, 256), mode="bilinear", align_corners=True)
+    assert (cond - up).abs().mean() < 0.3
+    # the comparison is sensitive: another noise level gives another conditioning
+    assert not torch.allclose(captured["train_250"]["sample"][:, 3:], cond, atol=1e-3)
+
+
+def test_diffusers_dreambooth_script_conditioning_would_not_match(captured):
+    """train_dreambooth(_lora).py for IF-II: cat([noisy target, noisy target]), class_labels = timestep."""
+    train, theirs = captured["train"], captured["diffusers"]
+    b = train["sample"].shape[0]
+    x_t = train["sample"][:, :3]
+    script_input = torch.cat([x_t, x_t], dim=1)
+    script_labels = train["timestep"]
+    assert not torch.allclose(script_input[:, 3:], theirs["sample"][:b, 3:], atol=1e-2)
+    assert not torch.equal(script_labels.reshape(-1), theirs["class_labels"][:b].reshape(-1))
+
+
+# (b) behaviour: a short fine-tune makes the SR output follow its low-resolution input -------------------
+
+
+def _halves(size: int, left: tuple, right: tuple) -> Image.Image:
+    img = Image.new("RGB", (size, size), right)
+    img.paste(Image.new("RGB", (size // 2, size), left), (0, 0))
+    return img
+
+
+def _micro_sr_model(folder: Path) -> Path:
+    """An IF-II-shaped SR pipeline folder at 32 px (two blocks), so a real fine-tune takes seconds."""
+    torch.manual_seed(0)
+    config = dict(unet_config(2), sample_size=32, block_out_channels=(16, 32),
+                  down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+                  up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"))
+    UNet2DConditionModel(**config).save_pretrained(folder / "unet")
+    if_scheduler(1.0).save_pretrained(folder / "scheduler")
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(folder / "image_noising_scheduler")
+    shutil.copy(resolve_model("tiny", 2) / "model_index.json", folder / "model_index.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def micro_run(stage_one, tmp_path_factory):
+    """Stage two run end to end (full fine-tune, class prompt) on red|blue and blue|red photos, 8 -> 32 px."""
+    root = tmp_path_factory.mktemp("micro")
+    subject = root / "subject"
+    subject.mkdir()
+    red, blue = (230, 20, 20), (20, 20, 230)
+    _halves(64, red, blue).save(subject / "a.png")
+    _halves(64, blue, red).save(subject / "b.png")
+    run = _copy_run(stage_one, root / "run")
+    files = subject_fingerprint(load_subject(subject, 32)[0])
+
+    def fake_stage_one_at_8px(meta):
+        meta.update(subject=str(subject), subject_files=files)
+        meta["stages"]["base"]["resolution"] = 8
+
+    _edit(run, fake_stage_one_at_8px)
+    model = _micro_sr_model(root / "micro-sr")
+    req = sr.SRRequest(run=run, model=str(model))
+    req.overrides = dict(steps=60, lr=3e-3, full=True, batch_size=2, checkpoint_every=0, prompt="class")
+    ctx = sr.run(req)
+    return run, ctx
+
+
+def _render_micro(run: Path, zero_condition: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    from cascade_booth.runner import StagePlan, load_stage_unet
+    from cascade_booth.text import TextEmbeddings
+
+    meta = json.loads((run / "run.json").read_text())
+    rec = meta["stages"]["sr"]
+    plan = StagePlan("sr", rec["model"], Path(rec["model_path"]), run / "sr" / "unet", rec["variance"], 10, 1.0,
+                     rec["noise_level"])
+    unet = load_stage_unet(plan, torch.device("cpu"), torch.float32)
+    texts = TextEmbeddings(sr.text_model_path(meta), cache_dir())
+    red, blue = (230, 20, 20), (20, 20, 230)
+    low = torch.stack([to_tensor(_halves(8, red, blue), 8), to_tensor(_halves(8, blue, red), 8)])
+    text = texts.stack([rec["prompt_text"]] * 2)
+    sched = make_scheduler(DDPMScheduler.load_config(plan.model_path / "scheduler"), plan.variance, 10, "cpu")
+    noising = DDPMScheduler.from_pretrained(plan.model_path / "image_noising_scheduler")
+    handle = None
+    if zero_condition:  # a model that ignores its low-resolution input
+        handle = unet.register_forward_pre_hook(lambda m, a: (torch.cat([a[0][:, :3], 0 * a[0][:, 3:]], 1),
+                                                               *a[1:]))
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]  # same noise for both inputs
+    out = sample_sr(unet, sched, noising, low, text, torch.zeros_like(text), plan.noise_level, 1.0, gens)
+    if handle:
+        handle.remove()
+    up = torch.nn.functional.interpolate(low, (32, 32), mode="bilinear", align_corners=True)
+    return out, up
+
+
+def _left_minus_right_redness(img: torch.Tensor) -> float:
+    redness = img[0] - img[2]
+    return float(redness[:, :16].mean() - redness[:, 16:].mean())
+
+
+def test_fine_tuned_sr_follows_its_low_res_input(micro_run):
+    run, _ = micro_run
+    out, up = _render_micro(run)
+    a, b = _left_minus_right_redness(out[0]), _left_minus_right_redness(out[1])
+    assert a > 0.3 and b < -0.3, (a, b)  # red|blue input -> red|blue output, and the mirror image
+    corr = torch.corrcoef(torch.stack([out.flatten(), up.flatten()]))[0, 1]
+    assert corr > 0.2, corr
+    # control: with the conditioning zeroed the two outputs coincide, so the assertions above would fail
+    zeroed, _ = _render_micro(run, zero_condition=True)
+    za, zb = _left_minus_right_redness(zeroed[0]), _left_minus_right_redness(zeroed[1])
+    assert abs(za - zb) < 1e-4 and not (za > 0.3 and zb < -0.3)
+
+
+def test_full_fine_tune_with_class_prompt_is_recorded(micro_run):
+    run, ctx = micro_run
+    rec = json.loads((run / "run.json").read_text())["stages"]["sr"]
+    assert rec["done"] and rec["full"] and rec["lora_rank"] is None and rec["files"] == ["unet"]
+    assert rec["prompt"] == "class" and rec["prompt_text"] == "a clock"
+    assert rec["base_resolution"] == 8 and rec["sr_resolution"] == rec["resolution"] == 32
+    assert (run / "sr" / "unet" / "config.json").is_file() and ctx.identifier == rec["identifier"]
+
+
+# (c) outputs, run.json, resume, bad input --------------------------------------------------------------
+
+
+def test_lora_run_records_stage_and_resumes(stage_one, tmp_path):
+    run = _copy_run(stage_one, tmp_path / "run")
+    starts = []
+    req = sr.SRRequest(run=run, overrides=dict(steps=1, checkpoint_every=1))
+    ctx = sr.run(req)
+    meta = json.loads((run / "run.json").read_text())
+    rec = meta["stages"]["sr"]
+    assert rec["done"] and rec["noise_level"] == 100 and rec["variance"] == "learned" and rec["prompt"] == "instance"
+    assert rec["base_resolution"] == 64 and rec["sr_resolution"] == rec["resolution"] == 256
+    assert rec["model"] == "tiny" and Path(rec["model_path"]) == resolve_model("tiny", 2)
+    assert rec["prompt_text"] == meta["instance_prompt"] and rec["lora_rank"] == 4 and rec["steps"] == 1
+    assert rec["files"] == ["pytorch_lora_weights.safetensors"] and (run / "sr" / rec["files"][0]).is_file()
+    assert (run / "sr" / "checkpoints" / "step-1" / "COMPLETE").is_file() and ctx.warnings == []
+    assert ctx.identifier == meta["identifier"] and ctx.run.path == run
+    with pytest.raises(RunError, match="--resume"):
+        sr.run(sr.SRRequest(run=run, overrides=dict(steps=1)))
+    longer = sr.SRRequest(run=run, resume=True, overrides=dict(steps=2, checkpoint_every=1))
+    with pytest.raises(RunError, match="steps: 1 -> 2"):
+        sr.run(longer)
+    longer.allow_drift = True
+    from cascade_booth.trainer import Callbacks
+
+    sr.run(longer, Callbacks(on_start=lambda start, total: starts.append((start, total))))
+    assert starts == [(1, 2)]  # continued from the step-1 checkpoint
+    assert json.loads((run / "run.json").read_text())["stages"]["sr"]["steps"] == 2
+
+
+def test_needs_a_finished_stage_one(stage_one, tmp_path):
+    with pytest.raises(RunError, match="no run.json"):
+        sr.run(sr.SRRequest(run=tmp_path / "empty"))
+    run = _copy_run(stage_one, tmp_path / "run")
+    _edit(run, lambda meta: meta.update(stages={}))
+    with pytest.raises(RunError, match="train-base"):
+        sr.run(sr.SRRequest(run=run))
+    assert not (run / "sr").exists()
+
+
+def test_small_or_changed_photos(stage_one, tmp_path):
+    subject = shutil.copytree(json.loads((stage_one / "run.json").read_text())["subject"], tmp_path / "photos")
+    run = _copy_run(stage_one, tmp_path / "run")
+    _edit(run, lambda meta: meta.update(subject=str(subject)))
+    Image.open(subject / "01.jpg").resize((200, 200)).save(subject / "01.jpg")
+    with pytest.raises(InputError, match=r"(?s)256 px.*01\.jpg.*200x200"):
+        sr.run(sr.SRRequest(run=run))
+    Image.open(subject / "00.jpg").resize((300, 300)).save(subject / "01.jpg")  # big enough, but not the same
+    with pytest.raises(RunError, match=r"changed: 01\.jpg"):
+        sr.run(sr.SRRequest(run=run))
+    meta = json.loads((run / "run.json").read_text())
+    _, warnings = sr.load_pairs(meta, 64, 256, allow_drift=True)
+    assert any("01.jpg" in w for w in warnings)
+
+
+def test_config_comes_from_the_run_unless_given(stage_one):
+    meta = json.loads((stage_one / "run.json").read_text())
+    meta["config"]["sr"]["noise_level"] = 42
+    cfg = sr.resolve_config(sr.SRRequest(run=stage_one), meta)
+    assert cfg.sr.noise_level == 42 and cfg.model.sr == "tiny" and cfg.base.steps == 1
+    req = sr.SRRequest(run=stage_one, config="tiny", model="some/sr-model", seed=3)
+    req.overrides = dict(noise_level=7, prompt="class", lr=None)
+    cfg = sr.resolve_config(req, meta)
+    assert (cfg.sr.noise_level, cfg.sr.prompt, cfg.model.sr, cfg.seed, cfg.base.steps) == (7, "class", "some/sr-model",
+                                                                                         3, 6)
+    with pytest.raises(InputError, match="noise_level"):
+        sr.resolve_config(sr.SRRequest(run=stage_one, overrides=dict(noise_level=1000)), meta)
