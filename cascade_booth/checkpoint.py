@@ -90,13 +90,19 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def save(root: Path, step: int, job, optimizer, schedule, cfg: StageConfig, bad_steps: int = 0) -> Path:
-    """Write ``root/step-<step>`` atomically, then prune to ``cfg.keep_checkpoints``."""
+def save(
+    root: Path, step: int, job, optimizer, schedule, cfg: StageConfig, bad_steps: int = 0, scaler=None
+) -> Path:
+    """Write ``root/step-<step>`` atomically, then prune to ``cfg.keep_checkpoints``.
+
+    ``scaler`` (fp16's grad scaler) is saved too: its loss scale decides how gradients round.
+    """
     weights = trainable_state(job.unet, cfg.full)
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     check_finite(weights, f"{job.name}: the weights at step {step}")
     check_finite(tensors, f"{job.name}: the optimizer moments at step {step}")
-    trainer = {"step": step, "bad_steps": bad_steps, "schedule": schedule.state_dict(), "optimizer": meta}
+    trainer = {"step": step, "bad_steps": bad_steps, "schedule": schedule.state_dict(), "optimizer": meta,
+               "scaler": scaler.state_dict() if scaler is not None else None}
     previous = latest(root)
     try:
         with new_checkpoint(root, step, cfg.keep_checkpoints, on_write=_written) as tmp:
@@ -120,11 +126,15 @@ def latest(root: Path) -> Path | None:
     return root / f"step-{steps[-1]}" if steps else None
 
 
-def _check_shapes(folder: Path, unet: torch.nn.Module, state: dict[str, torch.Tensor], full: bool) -> None:
+def trained_tensors(unet: torch.nn.Module, full: bool) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint holds, as references on their device (no copy, unlike ``trainable_state``)."""
     if full:
-        expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    else:
-        expected = {n: tuple(p.shape) for n, p in unet.named_parameters() if p.requires_grad}
+        return dict(unet.state_dict())
+    return {n: p for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def _check_shapes(folder: Path, unet: torch.nn.Module, state: dict[str, torch.Tensor], full: bool) -> None:
+    expected = {k: tuple(v.shape) for k, v in trained_tensors(unet, full).items()}
     saved = {k: tuple(v.shape) for k, v in state.items()}
     if saved == expected:
         return
@@ -136,7 +146,7 @@ def _check_shapes(folder: Path, unet: torch.nn.Module, state: dict[str, torch.Te
     )
 
 
-def restore(root: Path, job, optimizer, schedule, full: bool) -> Restored | None:
+def restore(root: Path, job, optimizer, schedule, full: bool, scaler=None) -> Restored | None:
     """Load the newest complete checkpoint into job/optimizer/schedule; None if there is none."""
     folder = latest(root)
     if folder is None:
@@ -151,4 +161,6 @@ def restore(root: Path, job, optimizer, schedule, full: bool) -> Restored | None
     load_trainable_state(job.unet, weights, full)
     optimizer.load_state_dict(opt_state)
     schedule.load_state_dict(trainer["schedule"])
+    if scaler is not None and trainer.get("scaler"):
+        scaler.load_state_dict(trainer["scaler"])
     return Restored(int(trainer["step"]), int(trainer.get("bad_steps", 0)), folder)

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import signal
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,10 +45,12 @@ def load_sampling_pipeline(model_path: Path, sampler: str, device: str | torch.d
     from diffusers import DPMSolverMultistepScheduler, IFPipeline
 
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    pipe = IFPipeline.from_pretrained(
-        model_path, text_encoder=None, safety_checker=None, watermarker=None, feature_extractor=None,
-        requires_safety_checker=False, torch_dtype=dtype,
-    )
+    with warnings.catch_warnings():  # newer diffusers call it ``dtype``; older ones know only ``torch_dtype``
+        warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
+        pipe = IFPipeline.from_pretrained(
+            model_path, text_encoder=None, safety_checker=None, watermarker=None, feature_extractor=None,
+            requires_safety_checker=False, torch_dtype=dtype,
+        )
     if sampler == "dpm++":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     pipe.set_progress_bar_config(disable=True)
@@ -128,10 +131,11 @@ def _write_meta(folder: Path, model_path: Path, prompt: str, resolution: int, cf
 def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, progress) -> None:
     """Generate the groups of ``cfg.batch_size`` images that hold a missing one.
 
-    Image ``i`` is always generated in group ``i // batch_size`` (with the images beside it, also ones
-    beyond ``class_images``, which are kept for a larger cache), so it is bit-for-bit the same however
-    often generation was interrupted. The caller's global RNG state is left untouched, so whatever
-    is drawn after (e.g. a LoRA initialisation) does not depend on whether images were generated.
+    Image ``i`` is always generated in group ``i // batch_size`` (a full group, also past
+    ``class_images``; only the missing requested images are written), so it is bit-for-bit the same
+    however often generation was interrupted and however the cache grew. The caller's global RNG state
+    is left untouched, so whatever is drawn after (e.g. a LoRA initialisation) does not depend on
+    whether images were generated.
     """
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
@@ -141,11 +145,11 @@ def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, pro
         for group in sorted({i // cfg.batch_size for i in missing}):
             indices = range(group * cfg.batch_size, (group + 1) * cfg.batch_size)
             images = _sample(pipe, prompt, texts, seed, list(indices), cfg, device)
+            wanted = [i for i in indices if i in missing]
             for i, image in zip(indices, images, strict=True):
-                path = folder / f"{i:05d}.png"
-                if not path.exists():
-                    _save_png(image, path)
-            done += sum(1 for i in indices if i in missing)
+                if i in wanted:
+                    _save_png(image, folder / f"{i:05d}.png")
+            done += len(wanted)
             if progress:
                 progress(done, total)
         del pipe
@@ -154,12 +158,14 @@ def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, pro
 def _sample(pipe, prompt: str, texts: TextEmbeddings, seed: int, indices: list[int], cfg: PriorConfig, device):
     generators = [torch.Generator("cpu").manual_seed(image_seed(seed, i)) for i in indices]
     dtype = pipe.unet.dtype
-    return pipe(
-        prompt_embeds=texts.stack([prompt] * len(indices)).to(device, dtype),
-        negative_prompt_embeds=texts.stack([""] * len(indices)).to(device, dtype),
-        num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance, generator=generators,
-        output_type="pil",
-    ).images
+    with warnings.catch_warnings():  # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 warns)
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
+        return pipe(
+            prompt_embeds=texts.stack([prompt] * len(indices)).to(device, dtype),
+            negative_prompt_embeds=texts.stack([""] * len(indices)).to(device, dtype),
+            num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance, generator=generators,
+            output_type="pil",
+        ).images
 
 
 def _save_png(image: Image.Image, path: Path) -> None:

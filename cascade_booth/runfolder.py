@@ -44,9 +44,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+class WriteError(RunError):
+    """A run file could not be written (disk full, permissions); the previous version is intact."""
+
+
 def write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err} (the previous version is intact)") from None
 
 
 def read_json(path: Path) -> Any:
@@ -58,7 +65,7 @@ class RunFolder:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._lock_fh = None
+        self._lock_fd: int | None = None
 
     @property
     def meta_file(self) -> Path:
@@ -90,33 +97,34 @@ class RunFolder:
     def lock(self) -> None:
         """Take the run folder's lock (``.lock``, holding our pid) or refuse if another process has it.
 
-        The lock is an ``flock``: the kernel drops it when the holder exits, however it exits, so a
-        killed run never leaves a stale lock behind.
+        The lock is an ``flock``: the kernel drops it when the holder exits, however it exits (a killed
+        run leaves no stale lock), and a ``RunFolder`` that is garbage-collected releases it too.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip()
-            fh.close()
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise RunError(
                 f"{self.path}: another cascade-booth process{who} is using this run folder; "
                 "wait for it to finish or stop it first"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_fh = fh
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
 
     def unlock(self) -> None:
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.unlock()
 
 
 def checkpoint_steps(root: Path) -> list[int]:

@@ -31,7 +31,6 @@ import torch
 from cascade_booth import checkpoint as ckpt
 from cascade_booth.config import StageConfig
 from cascade_booth.errors import TrainingAborted
-from cascade_booth.lora import trainable_state
 from cascade_booth.losses import prior_weighted_mean
 
 
@@ -123,7 +122,7 @@ class _Loop:
 
     def restore(self) -> int:
         """Continue from the newest complete checkpoint (step 0 if there is none)."""
-        found = ckpt.restore(self.root, self.job, self.optimizer, self.schedule, self.cfg.full)
+        found = ckpt.restore(self.root, self.job, self.optimizer, self.schedule, self.cfg.full, self.acc.scaler)
         if found is None:
             self.cb.events.append("resume: no complete checkpoint, starting at step 0")
             return 0
@@ -159,8 +158,10 @@ class _Loop:
             max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
             norm = self.acc.clip_grad_norm_(self.job.params, max_norm)
             if self.acc.scaler is not None:  # fp16 on GPU: the scaler skips overflowing steps itself
-                self.optimizer.step()
-                problem = "fp16 gradient overflow (scaler)" if self.optimizer.step_was_skipped else None
+                scale = self.acc.scaler.get_scale()
+                self.optimizer.step()  # a fused AdamW skips inside its kernel: only the lowered scale tells
+                skipped = self.optimizer.step_was_skipped or self.acc.scaler.get_scale() < scale
+                problem = "fp16 gradient overflow (scaler)" if skipped else None
             elif norm is not None and not bool(torch.isfinite(norm)):
                 problem = "non-finite gradients"
             else:
@@ -185,10 +186,18 @@ class _Loop:
 
     def save(self, done: int) -> None:
         if self.acc.is_main_process:
-            path = ckpt.save(self.root, done, self.job, self.optimizer, self.schedule, self.cfg, self.bad_steps)
+            path = ckpt.save(self.root, done, self.job, self.optimizer, self.schedule, self.cfg, self.bad_steps,
+                             self.acc.scaler)
             if self.cb.on_checkpoint:
                 self.cb.on_checkpoint(done, path)
         self.acc.wait_for_everyone()
+
+    def stop_requested(self, signalled: bool) -> bool:
+        """Whether any process got SIGINT/SIGTERM: all must save and stop at the same step."""
+        if self.acc.num_processes == 1:
+            return signalled
+        flag = torch.tensor(float(signalled), device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item())
 
     def step(self, step: int) -> None:
         done = step + 1
@@ -215,14 +224,15 @@ def train(job: Job, cfg: StageConfig, ckpt_root: Path, seed: int, resume: bool, 
         for step in range(start, cfg.steps):
             loop.step(step)
             done = step + 1
-            if interrupt.signal is not None:
+            if loop.stop_requested(interrupt.signal is not None):
                 loop.save(done)
-                name = signal.Signals(interrupt.signal).name
+                name = signal.Signals(interrupt.signal).name if interrupt.signal else "a stop signal (other process)"
                 raise TrainingAborted(
                     f"{job.name}: {name} received; checkpoint saved at step {done}. Run again with --resume."
                 )
             if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 loop.save(done)
-    ckpt.check_finite(trainable_state(job.unet, cfg.full), f"{job.name}: the final weights")
+    with torch.no_grad():
+        ckpt.check_finite(ckpt.trained_tensors(job.unet, cfg.full), f"{job.name}: the final weights")
     job.unet = loop.acc.unwrap_model(loop.unet)
     return max(cfg.steps, start)
