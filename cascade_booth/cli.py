@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import click
@@ -30,8 +31,9 @@ def _register() -> None:
     from cascade_booth.commands import demo, render, train_base, train_sr
     from cascade_booth.evaluation.cli import evaluate
 
-    evaluate.callback = friendly(evaluate.callback)  # errors as one message, like every command
-    for cmd in (train_base, train_sr, render, demo, evaluate):
+    cli_evaluate = copy.copy(evaluate)  # the library command keeps raising typed errors
+    cli_evaluate.callback = friendly(evaluate.callback)  # on the CLI: one message, like every command
+    for cmd in (train_base, train_sr, render, demo, cli_evaluate):
         main.add_command(cmd)
 
 

@@ -45,6 +45,7 @@ def common_train_options(fn):
                                                              help="Full fine-tune instead of LoRA."),
         click.option("--seed", type=int), click.option("--checkpoint-every", type=int),
         click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"])),
+        click.option("--compile/--no-compile", "compile_unet", default=None, help="torch.compile the UNet."),
         click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint."),
         click.option("--allow-drift", is_flag=True, help="Resume even if settings changed."),
     ]
@@ -64,14 +65,14 @@ def common_train_options(fn):
 @click.option("--force", is_flag=True, help="Start stage one over in an existing run folder.")
 @friendly
 def train_base(subject, class_noun, run_dir, config, model, steps, batch_size, lr, lora_rank, full, seed,
-               checkpoint_every, mixed_precision, resume, allow_drift, prior, prior_weight, class_images,
+               checkpoint_every, mixed_precision, compile_unet, resume, allow_drift, prior, prior_weight, class_images,
                identifier, force) -> None:
     """Stage one: fine-tune the 64 px model on the subject with prior preservation."""
     from cascade_booth.session import TrainRequest
 
     cfg = _config(config, model, seed)
     apply_overrides(cfg, "base", steps=steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank, full=full,
-                    checkpoint_every=checkpoint_every, mixed_precision=mixed_precision)
+                    checkpoint_every=checkpoint_every, mixed_precision=mixed_precision, compile=compile_unet)
     apply_overrides(cfg, "prior", enabled=prior, weight=prior_weight, class_images=class_images)
     request = TrainRequest(subject=subject, class_noun=class_noun, run=run_dir, config=cfg,
                            identifier=identifier, resume=resume, force=force, allow_drift=allow_drift)
@@ -84,7 +85,7 @@ def train_base(subject, class_noun, run_dir, config, model, steps, batch_size, l
 @click.option("--prompt", "prompt_kind", type=click.Choice(["instance", "class"]), help="Training prompt.")
 @friendly
 def train_sr(run_dir, config, model, steps, batch_size, lr, lora_rank, full, seed, checkpoint_every,
-             mixed_precision, resume, allow_drift, noise_level, prompt_kind) -> None:
+             mixed_precision, compile_unet, resume, allow_drift, noise_level, prompt_kind) -> None:
     """Stage two: fine-tune the 64 -> 256 super-resolution model on the run's subject photos."""
     from stages.sr import SRRequest
 
@@ -92,7 +93,7 @@ def train_sr(run_dir, config, model, steps, batch_size, lr, lora_rank, full, see
                         allow_drift=allow_drift)
     request.overrides = dict(steps=steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank, full=full,
                              checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
-                             noise_level=noise_level, prompt=prompt_kind)
+                             compile=compile_unet, noise_level=noise_level, prompt=prompt_kind)
     _train_stage("sr", "stage two", request)
 
 

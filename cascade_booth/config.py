@@ -70,6 +70,7 @@ class StageConfig:
     gradient_accumulation: int = 1
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     checkpoint_every: int = 250
@@ -157,8 +158,8 @@ def validate(cfg: Config, where: str = "config") -> Config:
         for key in ("steps", "batch_size", "lora_rank", "gradient_accumulation", "keep_checkpoints"):
             if getattr(stage, key) < 1:
                 problems.append(f"[{name}] {key} must be >= 1")
-        if stage.lr <= 0:
-            problems.append(f"[{name}] lr must be > 0")
+        if not 0 < stage.lr <= 1:  # also rejects nan/inf: AdamW would fail mid-run on them
+            problems.append(f"[{name}] lr must be in (0, 1], got {stage.lr}")
         if stage.mixed_precision not in MIXED_PRECISION:
             problems.append(f"[{name}] mixed_precision must be one of {MIXED_PRECISION}")
         if stage.variance not in ("learned", "fixed"):

@@ -100,12 +100,23 @@ def _drift(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[s
     return out
 
 
-def check_resume(meta: dict[str, Any], fresh: dict[str, Any], stage: str, allow: bool) -> None:
-    """Refuse to resume with a different seed, training config, identifier or subject photos."""
+# Settings that change how a run is operated, not what it learns: free to change on resume.
+OPERATIONAL = {"checkpoint_every", "keep_checkpoints", "validation_every", "max_bad_steps"}
+
+
+def _learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
+    config = meta.get("config", {})
+    stage_cfg = {k: v for k, v in (config.get(stage) or {}).items() if k not in OPERATIONAL}
     keys = ("seed", "identifier", "class_noun", "subject_files", "models")
-    old = {k: meta.get(k) for k in keys} | {"config": meta.get("config", {}).get(stage)}
-    new = {k: fresh.get(k) for k in keys} | {"config": fresh.get("config", {}).get(stage)}
-    diff = _drift(old, new)
+    out = {k: meta.get(k) for k in keys} | {"config": stage_cfg}
+    if stage == "base":  # the class images are part of stage one's training data
+        out["prior"] = config.get("prior")
+    return out
+
+
+def check_resume(meta: dict[str, Any], fresh: dict[str, Any], stage: str, allow: bool) -> None:
+    """Refuse to resume with a different seed, training config, prior, identifier or subject photos."""
+    diff = _drift(_learning_settings(meta, stage), _learning_settings(fresh, stage))
     if diff and not allow:
         raise RunError(
             "--resume with settings that differ from the run's:\n" + "\n".join(diff)
@@ -139,7 +150,7 @@ def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> 
     if run.exists() and req.resume:
         meta = run.read()
         check_resume(meta, fresh, stage, req.allow_drift)
-        meta.update(versions=fresh["versions"])
+        meta.update(versions=fresh["versions"], config=fresh["config"])  # record what this run now uses
     else:
         meta = fresh | {"stages": {}}
     run.write(meta)

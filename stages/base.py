@@ -65,12 +65,23 @@ class BaseJob:
 
 def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path]:
     """Validate, then build class images, embeddings and the UNet for stage one."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     cfg = req.config
     model_path = resolve_model(cfg.model.base, stage=1)
     resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
     ctx = open_run(req, NAME, model_path, min_size=resolution)
+    try:
+        return ctx, _build_job(req, ctx, model_path, resolution, progress), model_path
+    except BaseException:
+        ctx.run.unlock()  # an in-process caller (UI, tests) may retry on the same folder
+        raise
+
+
+def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution: int, progress) -> BaseJob:
+    from diffusers import DDPMScheduler
+
+    cfg = req.config
     if req.force and not req.resume:
         shutil.rmtree(ctx.run.stage_dir(NAME), ignore_errors=True)
     dev = device()
@@ -83,15 +94,14 @@ def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path
                              dev, progress)
         class_tensor = stack_images([open_rgb(p) for p in paths], resolution)
         class_text = texts.get(ctx.meta["class_prompt"])
-    unet, params = load_unet(model_path, cfg.base, dev)
-    job = BaseJob(
+    unet, params = load_unet(model_path, cfg.base, dev, cfg.seed)
+    return BaseJob(
         unet=unet, params=params, scheduler=DDPMScheduler.from_pretrained(model_path / "scheduler"),
         instance=stack_images([i.image for i in ctx.images], resolution),
         instance_text=texts.get(ctx.meta["instance_prompt"]), class_images=class_tensor, class_text=class_text,
         batch_size=cfg.base.batch_size, prior_weight=cfg.prior.weight if cfg.prior.enabled else 0.0,
         variance=cfg.base.variance, seed=cfg.seed,
     )
-    return ctx, job, model_path
 
 
 def validation_prompts(ctx: RunContext) -> list[str]:

@@ -13,7 +13,9 @@ from PIL import Image
 from cascade_booth.config import StageConfig
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
+from cascade_booth.runfolder import WriteError
 from cascade_booth.session import RunContext
+from cascade_booth.trainer import derive_seed
 
 
 class EpochOrder:
@@ -46,8 +48,12 @@ def stack_images(images: list[Image.Image], size: int) -> torch.Tensor:
     return torch.stack([to_tensor(img, size) for img in images])
 
 
-def load_unet(model_path: Path, cfg: StageConfig, device: torch.device) -> tuple[torch.nn.Module, list]:
-    """The stage's UNet on ``device`` with LoRA (frozen base in the compute dtype) or all weights trainable."""
+def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: int) -> tuple[torch.nn.Module, list]:
+    """The stage's UNet on ``device`` with LoRA (frozen base in the compute dtype) or all weights trainable.
+
+    The adapter's random init is drawn from its own seed, not the global RNG, so the same seed gives
+    the same initial adapter whatever ran earlier in the process.
+    """
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(model_path / "unet")
@@ -57,7 +63,9 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device) -> tuple
     else:
         if device.type == "cuda" and cfg.mixed_precision != "no":  # frozen base weights need no fp32 copy
             unet.to(torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
-        params = add_lora(unet, cfg.lora_rank)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "lora-init"))
+            params = add_lora(unet, cfg.lora_rank)
     unet.to(device)
     unet.train()
     return unet, params
@@ -65,6 +73,16 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device) -> tuple
 
 def save_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> list[str]:
     """Write the final adapter (or full UNet) into ``folder`` through a temporary folder."""
+    try:
+        return _write_stage_weights(unet, folder, full)
+    except OSError as err:
+        raise WriteError(
+            f"{folder}: could not write the final weights ({err.strerror or err}); the last checkpoint is "
+            "intact: free space and run again with --resume"
+        ) from None
+
+
+def _write_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=folder))
     try:

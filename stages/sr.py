@@ -214,7 +214,7 @@ def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
         run.write(meta)
         texts = TextEmbeddings(text_model_path(meta), cache_dir())
         texts.ensure([record["prompt_text"]], device=device())
-        unet, params = load_unet(model_path, cfg.sr, device())
+        unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
         job = SRJob(
             unet=unet, params=params, scheduler=DDPMScheduler.from_pretrained(model_path / "scheduler"),
             noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),

@@ -66,3 +66,8 @@ def test_model_not_found_offline(tmp_path: Path, clock_subject: Path, model: str
     out = _run(_base(clock_subject, tmp_path / "run", "--model", model))
     assert model in out
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_evaluate_errors_are_clean_through_the_cli(tmp_path: Path):
+    out = _run(["evaluate", "--generated", str(tmp_path / "missing"), "--subject", str(tmp_path)])
+    assert "missing" in out

@@ -6,9 +6,10 @@ on random-weight UNets with DeepFloyd IF's real architectures (``tools/if_config
 
 1. ``lora``   IF-I-XL stage-one LoRA step with prior batch (N instance + N class, 64 px), levers as rows.
 2. ``full``   IF-I-XL full fine-tune memory: optimiser / precision / checkpointing options.
+   ``fullx``  the same with fp32 weights and AdamW moments in bf16, updated inside backward.
 3. ``sr``     IF-II-L stage-two LoRA step (256 px, 6-channel input, noise-level class labels).
 4. ``gen``    IF-I-XL class-image sampling throughput (DPM-Solver++, CFG, 25 steps).
-5. ``compile`` torch.compile of the LoRA step (slow to build; last, and skipped when the budget is short).
+5. ``compile`` torch.compile of the UNet in the LoRA step (slow to build; last, skipped when the budget is short).
 
 FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts for one whole step (forward and
 backward as executed: for LoRA no weight gradients of the frozen base; matmuls, convolutions and SDPA
@@ -17,8 +18,11 @@ recomputation is not credited). MFU = FLOPs / step time / peak, with the peak me
 (8192^3 bf16 matmul on random data) and, separately, against the 989 TFLOP/s H100 SXM dense-bf16 datasheet.
 
 GPU:  python tools/bench_gpu.py                      (writes bench.json and bench.md to $OUT if set)
-CPU:  python tools/bench_gpu.py --device cpu --model cpu-100m --sr-model cpu-sr --steps 3 --warmup 1 \
-          --big-batches 4 --gen-batch 2 --gen-steps 2
+CPU:  python tools/bench_gpu.py --device cpu --model cpu-100m --steps 3
+      (on CPU the defaults become --sr-model cpu-sr --amp none: fp32, since CPUs without bf16 units run
+      bf16 ~100x slower; still tens of minutes on 2 cores. Smoke test of every code path in minutes:
+      --device cpu --model cpu-tiny --sr-model cpu-tiny-sr --steps 1 --warmup 0 --batch 1 --big-batches 2
+      --gen-batch 1 --gen-steps 2)
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ class Bench:
         self.env: dict = {}
         self.peak_flops = float("nan")
         self.out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+        # --amp none (CPU smoke tests: this class of CPU runs bf16 ~100x slower than fp32) builds the
+        # "bf16" models in fp32 and runs without autocast: same code paths, fp32 numbers.
+        self.amp = args.amp == "bf16"
+        self.lowp = torch.bfloat16 if self.amp else torch.float32
+
+    def autocast(self):
+        return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def elapsed(self) -> float:
         return time.perf_counter() - T0
@@ -127,7 +138,8 @@ class Bench:
         for r in self.rows:
             fl = r.get("flops")
             lines.append(
-                f"| {r['section']} | {r['name']} | {r.get('samples', '-')} | {f(r.get('time_s') and r['time_s'] * 1e3, '.1f')} "
+                f"| {r['section']} | {r['name']} | {r.get('samples', '-')} "
+                f"| {f(r.get('time_s') and r['time_s'] * 1e3, '.1f')} "
                 f"| {f(r.get('peak_gb'), '.1f')} | {f(fl and fl / 1e12, '.2f')} | {f(r.get('tflops_s'), '.0f')} "
                 f"| {f(r.get('mfu_measured') and 100 * r['mfu_measured'], '.1f')} "
                 f"| {f(r.get('mfu_datasheet') and 100 * r['mfu_datasheet'], '.1f')} | {r.get('notes', '')} |"
@@ -173,7 +185,7 @@ def train_step_fn(b: Bench, unet, opt, sched, x0, emb, is_prior, gen, cond_fn=No
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(b.dev.type, dtype=torch.bfloat16):
+        with b.autocast():
             kw = {}
             if cond_fn is not None:
                 kw["cond"], kw["class_labels"] = cond_fn()
@@ -223,13 +235,23 @@ def lora_section(b: Bench):
             if key not in flops_cache:
                 flops_cache[key] = b.count_flops(step)
             t, times, loss = b.time_it(step, a.warmup, a.steps)
-            b.add("lora", name, samples=samples, time_s=t, times=times, peak_gb=b.peak_gb(),
-                  flops=flops_cache[key], loss=float(loss), loss_finite=ok_loss,
-                  trainable_changed_frac=moved,
-                  notes=f"{notes}; loss ok={ok_loss}, params moved={moved:.2f}".strip("; "))
+            b.add(
+                "lora",
+                name,
+                samples=samples,
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=flops_cache[key],
+                loss=float(loss),
+                loss_finite=ok_loss,
+                trainable_changed_frac=moved,
+                notes=f"{notes}; loss ok={ok_loss}, params moved={moved:.2f}".strip("; "),
+            )
             return flops_cache[key]
         except Exception as err:  # noqa: BLE001 - report and go on
-            b.add("lora", name, samples=samples, notes=("OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300])
+            msg = "OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}"
+            b.add("lora", name, samples=samples, notes=msg[:300])
         finally:
             del opt
             for p in params:
@@ -246,12 +268,19 @@ def lora_section(b: Bench):
     b.reset_mem()
 
     # bf16 frozen base, fp32 LoRA master weights: the trainer's CUDA path (stages/common.load_unet)
-    unet = build_unet(a.model, torch.bfloat16, b.dev)
+    unet = build_unet(a.model, b.lowp, b.dev)
     params = add_lora(unet, a.rank)
     dtypes = sorted({str(p.dtype) for p in params})
     unet.train()
-    base_flops = run("bf16 base + fp32 LoRA, SDPA", unet, params, x0, emb, is_prior,
-                     notes=f"LoRA dtype {','.join(dtypes)}; {sum(p.numel() for p in params) / 1e6:.2f}M trainable")
+    base_flops = run(
+        "bf16 base + fp32 LoRA, SDPA",
+        unet,
+        params,
+        x0,
+        emb,
+        is_prior,
+        notes=f"LoRA dtype {','.join(dtypes)}; {sum(p.numel() for p in params) / 1e6:.2f}M trainable",
+    )
     if b.left() > 60:
         set_attention(unet, "classic")
         run("bf16 base, classic attn (AttnAddedKVProcessor)", unet, params, x0, emb, is_prior, notes="no SDPA")
@@ -262,8 +291,16 @@ def lora_section(b: Bench):
         unet.to(memory_format=torch.contiguous_format)
     if b.left() > 60:
         unet.enable_gradient_checkpointing()
-        run("bf16 base, SDPA, grad checkpointing", unet, params, x0, emb, is_prior,
-            ckpt_of=("bf16 base + fp32 LoRA, SDPA", x0.shape[0]), notes="FLOPs of the non-ckpt step")
+        run(
+            "bf16 base, SDPA, grad checkpointing",
+            unet,
+            params,
+            x0,
+            emb,
+            is_prior,
+            ckpt_of=("bf16 base + fp32 LoRA, SDPA", x0.shape[0]),
+            notes="FLOPs of the non-ckpt step",
+        )
         unet.disable_gradient_checkpointing()
     for nb in a.big_batches:
         if b.left() < 60:
@@ -276,16 +313,24 @@ def lora_section(b: Bench):
         b.reset_mem()
         t_in = torch.randint(0, 1000, (x0.shape[0],), device=b.dev)
 
-        def fwd_bwd():
-            with torch.autocast(b.dev.type, dtype=torch.bfloat16):
+        def fwd_bwd(unet=unet):
+            with b.autocast():
                 out = unet(x0, t_in, encoder_hidden_states=emb, return_dict=False)[0]
             out.float().square().mean().backward()
 
         try:
             fl = b.count_flops(fwd_bwd)
             t, times, _ = b.time_it(fwd_bwd, a.warmup, a.steps)
-            b.add("lora", "bf16 base, UNet fwd+bwd only (no loss/opt)", samples=x0.shape[0], time_s=t,
-                  times=times, peak_gb=b.peak_gb(), flops=fl, notes="diagnostic")
+            b.add(
+                "lora",
+                "bf16 base, UNet fwd+bwd only (no loss/opt)",
+                samples=x0.shape[0],
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=fl,
+                notes="diagnostic",
+            )
         except Exception as err:  # noqa: BLE001
             b.add("lora", "UNet fwd+bwd only", notes=f"ERROR {err}"[:300])
         for p in params:
@@ -343,12 +388,30 @@ def full_section(b: Bench):
             if key not in flops and not ckpt:
                 flops[key] = b.count_flops(step)
             t, times, loss = b.time_it(step, max(1, a.warmup - 1), max(2, a.steps // 2))
-            b.add("full", name, samples=x0.shape[0], time_s=t, times=times, peak_gb=b.peak_gb(),
-                  flops=flops.get(key), loss=float(loss), loss_finite=ok, weights_changed_frac=moved,
-                  notes=f"{notes}; loss ok={ok}; frac of sampled weights changed by 1 step at lr {a.full_lr:g}: {moved:.3f}")
+            b.add(
+                "full",
+                name,
+                samples=x0.shape[0],
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=flops.get(key),
+                loss=float(loss),
+                loss_finite=ok,
+                weights_changed_frac=moved,
+                notes=f"{notes}; loss ok={ok}; frac of sampled weights changed by 1 step at lr "
+                f"{a.full_lr:g}: {moved:.3f}",
+            )
         except Exception as err:  # noqa: BLE001
-            b.add("full", name, samples=x0.shape[0], peak_gb=b.peak_gb(),
-                  notes=("OOM (peak before failure shown)" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300])
+            b.add(
+                "full",
+                name,
+                samples=x0.shape[0],
+                peak_gb=b.peak_gb(),
+                notes=("OOM (peak before failure shown)" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[
+                    :300
+                ],
+            )
         finally:
             for h in hooks:
                 h.remove()
@@ -371,10 +434,16 @@ def full_section(b: Bench):
     plan = [
         ("fp32 weights + Adafactor (factored, fp32)", dict(make_opt=adafactor), "fp32 master = the weights"),
         ("fp32 weights + Adafactor + grad ckpt", dict(make_opt=adafactor, ckpt=True), "fp32"),
-        ("fp32 weights + Adafactor in backward + grad ckpt", dict(make_opt=adafactor1, in_backward=True, ckpt=True),
-         "fp32; grads freed per parameter"),
-        ("fp32 weights + AdamW in backward + grad ckpt", dict(make_opt=adamw, in_backward=True, ckpt=True),
-         "fp32; AdamW states fp32"),
+        (
+            "fp32 weights + Adafactor in backward + grad ckpt",
+            dict(make_opt=adafactor1, in_backward=True, ckpt=True),
+            "fp32; grads freed per parameter",
+        ),
+        (
+            "fp32 weights + AdamW in backward + grad ckpt",
+            dict(make_opt=adamw, in_backward=True, ckpt=True),
+            "fp32; AdamW states fp32",
+        ),
         ("fp32 weights + AdamW (fused) + autocast", dict(make_opt=adamw), "fp32; classic mixed precision"),
     ]
     for name, kw, notes in plan:
@@ -383,7 +452,7 @@ def full_section(b: Bench):
             continue
         run(name, unet, notes=notes, **kw)
     if b.left() > 45:
-        unet.to(torch.bfloat16)
+        unet.to(b.lowp)
         run("pure bf16 weights + AdamW (bf16 states)", unet, adamw, notes="bf16 weights: tiny updates round away")
     if b.left() > 45:
         run("pure bf16 weights + AdamW + grad ckpt", unet, adamw, ckpt=True, notes="bf16")
@@ -400,7 +469,7 @@ def sr_section(b: Bench):
     sched = ddpm_scheduler()
     noising = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     b.reset_mem()
-    unet = build_unet(a.sr_model, torch.bfloat16, b.dev)
+    unet = build_unet(a.sr_model, b.lowp, b.dev)
     params = add_lora(unet, a.rank)
     unet.train()
     flops = {}
@@ -412,7 +481,7 @@ def sr_section(b: Bench):
         low = (torch.rand(x0.shape[0], 3, 64, 64, generator=g) * 2 - 1).to(b.dev)
         gen = torch.Generator().manual_seed(4)
 
-        def cond_fn():
+        def cond_fn(low=low, gen=gen):
             return sr_condition(low, 256, 100, noising, gen)
 
         if cl:
@@ -429,9 +498,19 @@ def sr_section(b: Bench):
             if nb not in flops:
                 flops[nb] = b.count_flops(step)
             t, times, loss = b.time_it(step, a.warmup, a.steps)
-            b.add("sr", name, samples=x0.shape[0], time_s=t, times=times, peak_gb=b.peak_gb(), flops=flops[nb],
-                  loss=float(loss), loss_finite=ok, trainable_changed_frac=moved,
-                  notes=f"{a.sr_model} 256 px, 6-ch input, noise_level 100; loss ok={ok}, params moved={moved:.2f}")
+            b.add(
+                "sr",
+                name,
+                samples=x0.shape[0],
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=flops[nb],
+                loss=float(loss),
+                loss_finite=ok,
+                trainable_changed_frac=moved,
+                notes=f"{a.sr_model} 256 px, 6-ch input, noise_level 100; loss ok={ok}, params moved={moved:.2f}",
+            )
         except Exception as err:  # noqa: BLE001
             b.add("sr", name, samples=x0.shape[0], notes=("OOM" if is_oom(err) else f"ERROR {err}")[:300])
         finally:
@@ -454,23 +533,25 @@ def gen_section(b: Bench):
     from cascade_booth.tiny import if_scheduler
 
     sched = DPMSolverMultistepScheduler.from_config(if_scheduler(1.5).config)
-    b.env["gen_scheduler"] = {k: sched.config[k] for k in ("algorithm_type", "variance_type", "thresholding",
-                                                            "sample_max_value", "dynamic_thresholding_ratio")}
+    b.env["gen_scheduler"] = {
+        k: sched.config[k]
+        for k in ("algorithm_type", "variance_type", "thresholding", "sample_max_value", "dynamic_thresholding_ratio")
+    }
     b.reset_mem()
-    unet = build_unet(a.model, torch.bfloat16, b.dev)
+    unet = build_unet(a.model, b.lowp, b.dev)
     unet.eval()
     n, steps, w = a.gen_batch, a.gen_steps, 7.0
     g = torch.Generator().manual_seed(5)
-    cond = torch.randn(n, 77, 4096, generator=g).to(b.dev, torch.bfloat16)
-    uncond = torch.randn(n, 77, 4096, generator=g).to(b.dev, torch.bfloat16)
+    cond = torch.randn(n, 77, 4096, generator=g).to(b.dev, b.lowp)
+    uncond = torch.randn(n, 77, 4096, generator=g).to(b.dev, b.lowp)
     embeds = torch.cat([uncond, cond])
 
-    def sample(channels_last=False):
+    def sample(channels_last=False, unet=unet):
         sched.set_timesteps(steps, device=b.dev)
         x = torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(6)).to(b.dev)
         with torch.inference_mode():
             for t in sched.timesteps:
-                model_in = sched.scale_model_input(torch.cat([x, x]), t).to(torch.bfloat16)
+                model_in = sched.scale_model_input(torch.cat([x, x]), t).to(b.lowp)
                 if channels_last:
                     model_in = model_in.contiguous(memory_format=torch.channels_last)
                 out = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0].float()
@@ -482,9 +563,9 @@ def gen_section(b: Bench):
         return x
 
     t_one = torch.full((), 500, device=b.dev)
-    x_probe = torch.randn(2 * n, 3, 64, 64, device=b.dev, dtype=torch.bfloat16)
+    x_probe = torch.randn(2 * n, 3, 64, 64, device=b.dev, dtype=b.lowp)
     with torch.inference_mode():
-        fl_one = b.count_flops(lambda: unet(x_probe, t_one, encoder_hidden_states=embeds, return_dict=False))
+        fl_one = b.count_flops(lambda u=unet: u(x_probe, t_one, encoder_hidden_states=embeds, return_dict=False))
     for cl in (False, True):
         if b.left() < 40:
             break
@@ -492,12 +573,21 @@ def gen_section(b: Bench):
             unet.to(memory_format=torch.channels_last)
         b.reset_mem()
         try:
-            t, times, x = b.time_it(lambda: sample(cl), 1, 3)
+            t, times, x = b.time_it(lambda cl=cl: sample(cl), 1, 3)
             finite = bool(torch.isfinite(x).all())
-            b.add("gen", f"{a.model} DPM++ {steps} steps, CFG {w:g}{', channels_last' if cl else ''}",
-                  samples=n, time_s=t, times=times, peak_gb=b.peak_gb(), flops=fl_one * steps,
-                  images_per_s=n / t, finite=finite,
-                  notes=f"{n / t:.2f} images/s; UNet batch {2 * n}; bf16 weights; output finite={finite}; time per generated batch")
+            b.add(
+                "gen",
+                f"{a.model} DPM++ {steps} steps, CFG {w:g}{', channels_last' if cl else ''}",
+                samples=n,
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=fl_one * steps,
+                images_per_s=n / t,
+                finite=finite,
+                notes=f"{n / t:.2f} images/s; UNet batch {2 * n}; {str(b.lowp)[6:]} weights; output finite={finite}; "
+                "time per generated batch",
+            )
         except Exception as err:  # noqa: BLE001
             b.add("gen", "sampling", notes=("OOM" if is_oom(err) else f"ERROR {err}")[:300])
         if cl:
@@ -507,32 +597,162 @@ def gen_section(b: Bench):
 
 
 def compile_section(b: Bench, base_flops):
+    """torch.compile of the UNet inside the unchanged training step (loss, scheduler, optimiser eager)."""
+    a = b.args
+    sched = ddpm_scheduler()
+    variants = [("default", a.batch, False), ("reduce-overhead", a.batch, False), ("default", a.big_batches[0], True)]
+    flops = {}
+    for mode, nb, cl in variants:
+        if b.left() < a.compile_min_s:
+            b.add("lora", f"torch.compile mode={mode}, {nb}+{nb}", notes="skipped: time budget")
+            continue
+        torch._dynamo.reset()
+        x0, emb, is_prior = make_batch(b, nb, 64, seed=nb)
+        b.reset_mem()
+        unet = build_unet(a.model, b.lowp, b.dev)
+        params = add_lora(unet, a.rank)
+        unet.train()
+        if cl:
+            unet.to(memory_format=torch.channels_last)
+        opt = fused_adamw(params, a.lr, b.dev)
+        gen = torch.Generator().manual_seed(1)
+        if nb not in flops:
+            flops[nb] = (
+                base_flops
+                if (nb == a.batch and base_flops)
+                else b.count_flops(train_step_fn(b, unet, opt, sched, x0, emb, is_prior, gen))
+            )
+        cunet = torch.compile(unet, mode=mode)
+        inner = train_step_fn(b, cunet, opt, sched, x0, emb, is_prior, gen, channels_last=cl)
+
+        def step(inner=inner, mode=mode):
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            return inner()
+
+        name = f"bf16 base, SDPA, torch.compile mode={mode}{', channels_last' if cl else ''}, {nb}+{nb}"
+        try:
+            t0 = time.perf_counter()
+            first = step()
+            b.sync()
+            compile_s = time.perf_counter() - t0
+            ok = bool(torch.isfinite(first).item())
+            t, times, loss = b.time_it(step, a.warmup, a.steps)
+            b.add(
+                "lora",
+                name,
+                samples=x0.shape[0],
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=flops[nb],
+                loss=float(loss),
+                compile_s=compile_s,
+                notes=f"first step (compile) {compile_s:.0f} s; loss ok={ok}; FLOPs of the eager step",
+            )
+        except Exception as err:  # noqa: BLE001
+            b.add("lora", name, notes=("OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300])
+        finally:
+            del unet, cunet, params, opt, inner, step
+            b.reset_mem()
+
+
+def adamw_lowp_states_in_backward(
+    params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, state_dtype=torch.bfloat16
+):
+    """AdamW applied inside backward, one parameter at a time, fp32 math on fp32 weights, m and v
+    stored in ``state_dtype``. Each gradient is used and freed as soon as it is accumulated."""
+    b1, b2 = betas
+    state: dict = {}
+
+    @torch.no_grad()
+    def hook(p):
+        st = state.get(p)
+        if st is None:
+            st = state[p] = [torch.zeros_like(p, dtype=state_dtype), torch.zeros_like(p, dtype=state_dtype), 0]
+        st[2] += 1
+        g = p.grad.float()
+        m = st[0].float().mul_(b1).add_(g, alpha=1 - b1)
+        v = st[1].float().mul_(b2).addcmul_(g, g, value=1 - b2)
+        st[0].copy_(m)
+        st[1].copy_(v)
+        denom = v.div_(1 - b2 ** st[2]).sqrt_().add_(eps)
+        p.mul_(1 - lr * weight_decay)
+        p.addcdiv_(m, denom, value=-lr / (1 - b1 ** st[2]))
+        p.grad = None
+
+    return [p.register_post_accumulate_grad_hook(hook) for p in params], state
+
+
+def fullx_section(b: Bench):
+    """Full fine-tune with fp32 weights and bf16 AdamW moments, updated inside backward."""
     a = b.args
     sched = ddpm_scheduler()
     x0, emb, is_prior = make_batch(b, a.batch, 64)
     b.reset_mem()
-    unet = build_unet(a.model, torch.bfloat16, b.dev)
-    params = add_lora(unet, a.rank)
+    unet = build_unet(a.model, torch.float32, b.dev)
+    unet.requires_grad_(True)
     unet.train()
-    opt = fused_adamw(params, a.lr, b.dev)
-    gen = torch.Generator().manual_seed(1)
-    if base_flops is None:  # count on the eager step
-        base_flops = b.count_flops(train_step_fn(b, unet, opt, sched, x0, emb, is_prior, gen))
-    cunet = torch.compile(unet)
-    step = train_step_fn(b, cunet, opt, sched, x0, emb, is_prior, gen)
-    try:
-        t0 = time.perf_counter()
-        first = step()
-        b.sync()
-        compile_s = time.perf_counter() - t0
-        ok = bool(torch.isfinite(first).item())
-        t, times, loss = b.time_it(step, a.warmup, a.steps)
-        b.add("lora", "bf16 base, SDPA, torch.compile", samples=x0.shape[0], time_s=t, times=times,
-              peak_gb=b.peak_gb(), flops=base_flops, loss=float(loss),
-              notes=f"first step (compile) {compile_s:.0f} s; loss ok={ok}; FLOPs of the eager step")
-    except Exception as err:  # noqa: BLE001
-        b.add("lora", "torch.compile", notes=("OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300])
-    del unet, cunet, params, opt
+    params = list(unet.parameters())
+
+    class _Noop:
+        def zero_grad(self, set_to_none=True):
+            pass
+
+        def step(self):
+            pass
+
+    fl = None
+    for ckpt in (False, True):
+        if b.left() < 45:
+            break
+        if ckpt:
+            unet.enable_gradient_checkpointing()
+        hooks, state = adamw_lowp_states_in_backward(params, a.full_lr)
+        b.reset_mem()
+        name = f"fp32 weights + AdamW (bf16 m,v) in backward{' + grad ckpt' if ckpt else ''}"
+        try:
+            step = train_step_fn(b, unet, _Noop(), sched, x0, emb, is_prior, torch.Generator().manual_seed(2))
+            before = snapshot(params)
+            first = step()
+            ok = bool(torch.isfinite(first).item())
+            moved = changed_fraction(before)
+            del before
+            if fl is None and not ckpt:
+                fl = b.count_flops(step)
+            t, times, loss = b.time_it(step, max(1, a.warmup - 1), max(2, a.steps // 2))
+            b.add(
+                "full",
+                name,
+                samples=x0.shape[0],
+                time_s=t,
+                times=times,
+                peak_gb=b.peak_gb(),
+                flops=fl,
+                loss=float(loss),
+                loss_finite=ok,
+                weights_changed_frac=moved,
+                notes=f"fp32 weights, m/v bf16; loss ok={ok}; frac of sampled weights changed by 1 step at lr "
+                f"{a.full_lr:g}: {moved:.3f}",
+            )
+        except Exception as err:  # noqa: BLE001
+            b.add(
+                "full",
+                name,
+                samples=x0.shape[0],
+                peak_gb=b.peak_gb(),
+                notes=("OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300],
+            )
+        finally:
+            for h in hooks:
+                h.remove()
+            state.clear()
+            for p in params:
+                p.grad = None
+            if ckpt:
+                unet.disable_gradient_checkpointing()
+            b.reset_mem()
+    del unet, params
     b.reset_mem()
 
 
@@ -542,7 +762,7 @@ def measure_peak(b: Bench) -> float:
     g = torch.Generator(device=b.dev).manual_seed(0) if b.cuda else torch.Generator().manual_seed(0)
     x = torch.randn(n, n, device=b.dev, dtype=torch.bfloat16, generator=g)
     y = torch.randn(n, n, device=b.dev, dtype=torch.bfloat16, generator=g)
-    t, _, _ = b.time_it(lambda: x @ y, 3, 20 if b.cuda else 3)
+    t, _, _ = b.time_it(lambda x=x, y=y: x @ y, 3, 20 if b.cuda else 3)
     del x, y
     return 2 * n**3 / t
 
@@ -551,8 +771,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="IF-I-XL-v1.0")
-    p.add_argument("--sr-model", default="IF-II-L-v1.0")
-    p.add_argument("--sections", default="lora,full,sr,gen", help="comma list of lora,full,sr,gen,compile")
+    p.add_argument("--sr-model", default=None, help="default IF-II-L-v1.0 (cpu-sr on --device cpu)")
+    p.add_argument("--sections", default="lora,full,fullx,sr,gen", help="comma list of lora,full,fullx,sr,gen,compile")
+    p.add_argument(
+        "--compile-min-s", type=float, default=150, help="start a compile row only with this much budget left"
+    )
     p.add_argument("--batch", type=int, default=2, help="instance images per step (same number of class images)")
     p.add_argument("--big-batches", default="8,16", help="larger instance counts to show MFU scaling")
     p.add_argument("--rank", type=int, default=4)
@@ -562,8 +785,12 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--gen-batch", type=int, default=8)
     p.add_argument("--gen-steps", type=int, default=25)
+    p.add_argument("--amp", choices=["bf16", "none"], default=None, help="default bf16 (none on --device cpu)")
     p.add_argument("--budget-s", type=float, default=520, help="skip work that would start after this")
     a = p.parse_args(argv)
+    on_cpu = torch.device(a.device).type == "cpu"
+    a.sr_model = a.sr_model or ("cpu-sr" if on_cpu else "IF-II-L-v1.0")
+    a.amp = a.amp or ("none" if on_cpu else "bf16")
     a.model, a.sr_model = resolve(a.model), resolve(a.sr_model)
     a.big_batches = [int(x) for x in a.big_batches.split(",") if x]
     b = Bench(a)
@@ -574,9 +801,16 @@ def main(argv=None):
 
     b.env = dict(
         device=torch.cuda.get_device_name() if b.cuda else "cpu",
-        torch=torch.__version__, cuda=torch.version.cuda, diffusers=diffusers.__version__, peft=peft.__version__,
-        model=a.model, model_params=param_count(a.model), sr_model=a.sr_model, sr_params=param_count(a.sr_model),
-        args=vars(a), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        diffusers=diffusers.__version__,
+        peft=peft.__version__,
+        model=a.model,
+        model_params=param_count(a.model),
+        sr_model=a.sr_model,
+        sr_params=param_count(a.sr_model),
+        args=vars(a),
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     )
     if b.cuda:
         props = torch.cuda.get_device_properties(0)
@@ -587,7 +821,7 @@ def main(argv=None):
     print(f"bf16 matmul peak (measured): {b.peak_flops / 1e12:.0f} TFLOP/s", flush=True)
     sections = a.sections.split(",")
     base_flops = None
-    for name in ("lora", "full", "sr", "gen", "compile"):
+    for name in ("lora", "full", "fullx", "sr", "gen", "compile"):
         if name not in sections:
             continue
         if b.left() < 40:
@@ -599,6 +833,8 @@ def main(argv=None):
             base_flops = lora_section(b)
         elif name == "full":
             full_section(b)
+        elif name == "fullx":
+            fullx_section(b)
         elif name == "sr":
             sr_section(b)
         elif name == "gen":
@@ -609,8 +845,10 @@ def main(argv=None):
     b.env["total_s"] = b.elapsed()
     b.save()
     print()
-    print(f"device {b.env['device']} | torch {b.env['torch']} | diffusers {b.env['diffusers']} | "
-          f"matmul peak {b.peak_flops / 1e12:.0f} TFLOP/s | {b.elapsed():.0f} s")
+    print(
+        f"device {b.env['device']} | torch {b.env['torch']} | diffusers {b.env['diffusers']} | "
+        f"matmul peak {b.peak_flops / 1e12:.0f} TFLOP/s | {b.elapsed():.0f} s"
+    )
     print(b.table())
 
 

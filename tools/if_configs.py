@@ -147,6 +147,9 @@ IF_II_M = _stage2(96)
 CPU_100M = _stage1(64)
 # Small IF-II-shaped UNet (6-channel input, timestep class embedding) for CPU runs of the SR path.
 CPU_SR = _stage2(32)
+# Smoke-test sizes (same block types and conditioning; a few million parameters) for slow CPUs.
+CPU_TINY = dict(_stage1(32, layers_per_block=1), attention_head_dim=32)
+CPU_TINY_SR = dict(_stage2(16), attention_head_dim=32, norm_num_groups=16, layers_per_block=(1, 1, 1, 1, 1))
 
 CONFIGS: dict[str, dict] = {
     "IF-I-XL-v1.0": IF_I_XL,
@@ -156,6 +159,8 @@ CONFIGS: dict[str, dict] = {
     "IF-II-M-v1.0": IF_II_M,
     "cpu-100m": CPU_100M,
     "cpu-sr": CPU_SR,
+    "cpu-tiny": CPU_TINY,
+    "cpu-tiny-sr": CPU_TINY_SR,
 }
 VERIFIED = {"IF-I-XL-v1.0", "IF-II-L-v1.0"}
 PUBLISHED_PARAMS = {
@@ -165,8 +170,13 @@ PUBLISHED_PARAMS = {
     "IF-II-L-v1.0": 1.2e9,
     "IF-II-M-v1.0": 0.45e9,
 }
-_ALIASES = {"if-i-xl": "IF-I-XL-v1.0", "if-i-l": "IF-I-L-v1.0", "if-i-m": "IF-I-M-v1.0",
-            "if-ii-l": "IF-II-L-v1.0", "if-ii-m": "IF-II-M-v1.0"}
+_ALIASES = {
+    "if-i-xl": "IF-I-XL-v1.0",
+    "if-i-l": "IF-I-L-v1.0",
+    "if-i-m": "IF-I-M-v1.0",
+    "if-ii-l": "IF-II-L-v1.0",
+    "if-ii-m": "IF-II-M-v1.0",
+}
 
 
 def resolve(name: str) -> str:
