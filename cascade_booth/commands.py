@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,12 @@ def _train_stage(stage: str, label: str, request) -> None:
     click.echo(f"{label} done: {ctx.run.stage_dir(stage)} (identifier '{ctx.identifier}')")
 
 
+def _allow_pickle(ctx, param, value: bool) -> bool:
+    if value:
+        os.environ["CASCADE_BOOTH_ALLOW_PICKLE"] = "1"
+    return value
+
+
 def common_train_options(fn):
     options = [
         click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder."),
@@ -48,6 +55,8 @@ def common_train_options(fn):
         click.option("--compile/--no-compile", "compile_unet", default=None, help="torch.compile the UNet."),
         click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint."),
         click.option("--allow-drift", is_flag=True, help="Resume even if settings changed."),
+        click.option("--allow-pickle", is_flag=True, callback=_allow_pickle, expose_value=False,
+                     help="Also load pickled weights (.bin/.ckpt): only from sources you trust."),
     ]
     for option in reversed(options):
         fn = option(fn)

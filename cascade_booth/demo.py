@@ -16,11 +16,10 @@ PROMPT = "a [V] clock in the jungle"
 
 def run_demo(out: Path) -> list[Path]:
     """Train stage one and stage two on the clock photos, then render the jungle prompt."""
-    from stages.sr import SRRequest
-
     from cascade_booth.runner import RenderRequest, render_run
     from cascade_booth.session import TrainRequest
     from stages import get_stage
+    from stages.sr import SRRequest
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the network
     run_dir = out / "run"

@@ -17,6 +17,30 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def allow_pickle() -> bool:
+    """Pickled weights (.bin/.ckpt/.pt) can run code when loaded: refused unless the user opts in."""
+    return os.environ.get("CASCADE_BOOTH_ALLOW_PICKLE", "0").lower() in ("1", "true", "yes")
+
+
+def weight_kwargs() -> dict:
+    """``from_pretrained`` arguments that load safetensors only (unless pickles are allowed)."""
+    return {} if allow_pickle() else {"use_safetensors": True}
+
+
+def load_pretrained(cls, path: Path, **kwargs):
+    """``cls.from_pretrained(path)`` restricted to safetensors, with a clear error when only pickles exist."""
+    try:
+        return cls.from_pretrained(path, **weight_kwargs(), **kwargs)
+    except OSError as err:
+        pickles = sorted(p.name for ext in ("*.bin", "*.ckpt", "*.pt", "*.pth") for p in Path(path).glob(ext))
+        if pickles and not allow_pickle():
+            raise ModelNotFoundError(
+                f"{path}: has only pickled weights ({', '.join(pickles)}), which can execute code when loaded. "
+                "Convert them to safetensors, or pass --allow-pickle if you trust the source."
+            ) from None
+        raise ModelNotFoundError(f"{path}: cannot load {cls.__name__}: {err}") from None
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cascade_booth.config import PriorConfig
 from cascade_booth.errors import BoothError, TrainingAborted
-from cascade_booth.models import model_fingerprint
+from cascade_booth.models import model_fingerprint, weight_kwargs
 from cascade_booth.runfolder import atomic_path
 from cascade_booth.text import TextEmbeddings
 
@@ -49,7 +49,7 @@ def load_sampling_pipeline(model_path: Path, sampler: str, device: str | torch.d
         warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
         pipe = IFPipeline.from_pretrained(
             model_path, text_encoder=None, safety_checker=None, watermarker=None, feature_extractor=None,
-            requires_safety_checker=False, torch_dtype=dtype,
+            requires_safety_checker=False, torch_dtype=dtype, **weight_kwargs(),
         )
     if sampler == "dpm++":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")

@@ -30,7 +30,7 @@ from cascade_booth.config import Config, from_dict
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.identifier import fill_identifier
 from cascade_booth.lora import LORA_WEIGHTS
-from cascade_booth.models import cache_dir, resolve_model
+from cascade_booth.models import cache_dir, load_pretrained, resolve_model
 from cascade_booth.pngmeta import render_meta, write_renders
 from cascade_booth.runfolder import RunFolder
 from cascade_booth.sampling import make_scheduler, sample_base, sample_sr, to_pil
@@ -200,9 +200,9 @@ def load_stage_unet(stage: StagePlan, device: torch.device, dtype: torch.dtype):
     from safetensors.torch import load_file
 
     if stage.weights is not None and stage.weights.is_dir():
-        unet = UNet2DConditionModel.from_pretrained(stage.weights)
+        unet = load_pretrained(UNet2DConditionModel, stage.weights)
     else:
-        unet = UNet2DConditionModel.from_pretrained(stage.model_path / "unet")
+        unet = load_pretrained(UNet2DConditionModel, stage.model_path / "unet")
         if stage.weights is not None:
             state = {k.removeprefix("unet."): v for k, v in load_file(str(stage.weights)).items()}
             unet.load_lora_adapter(convert_unet_state_dict_to_peft(state), prefix=None, adapter_name="cascade-booth")

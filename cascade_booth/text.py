@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cascade_booth.identifier import preprocess_prompt
-from cascade_booth.models import model_fingerprint
+from cascade_booth.models import load_pretrained, model_fingerprint
 from cascade_booth.runfolder import atomic_path
 
 MAX_LENGTH = 77
@@ -47,7 +47,7 @@ class TextEmbeddings:
 
         tokenizer = T5Tokenizer.from_pretrained(self.model_path / "tokenizer")
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        encoder = T5EncoderModel.from_pretrained(self.model_path / "text_encoder", torch_dtype=dtype).to(device)
+        encoder = load_pretrained(T5EncoderModel, self.model_path / "text_encoder", torch_dtype=dtype).to(device)
         encoder.eval()
         try:
             for i in range(0, len(missing), batch_size):

@@ -13,6 +13,7 @@ from PIL import Image
 from cascade_booth.config import StageConfig
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
+from cascade_booth.models import load_pretrained
 from cascade_booth.runfolder import WriteError
 from cascade_booth.session import RunContext
 from cascade_booth.trainer import derive_seed
@@ -56,7 +57,7 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
     """
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(model_path / "unet")
+    unet = load_pretrained(UNet2DConditionModel, model_path / "unet")
     if cfg.full:
         unet.requires_grad_(True)
         params = list(unet.parameters())

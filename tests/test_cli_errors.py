@@ -71,3 +71,19 @@ def test_model_not_found_offline(tmp_path: Path, clock_subject: Path, model: str
 def test_evaluate_errors_are_clean_through_the_cli(tmp_path: Path):
     out = _run(["evaluate", "--generated", str(tmp_path / "missing"), "--subject", str(tmp_path)])
     assert "missing" in out
+
+
+def test_pickled_model_weights_are_refused_by_default(tmp_path: Path, clock_subject: Path, tiny_paths):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "pickled-model"
+    shutil.copytree(tiny_paths["base"], model)
+    unet_dir = model / "unet"
+    weights = next(unet_dir.glob("*.safetensors"))
+    torch.save(load_file(str(weights)), unet_dir / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    out = _run(_base(clock_subject, tmp_path / "run", "--model", str(model), "--no-prior"))
+    assert "diffusion_pytorch_model.bin" in out and "--allow-pickle" in out
