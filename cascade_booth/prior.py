@@ -21,6 +21,7 @@ from PIL import Image
 
 from cascade_booth.config import PriorConfig
 from cascade_booth.errors import BoothError, TrainingAborted
+from cascade_booth.interrupts import StopSignals
 from cascade_booth.models import model_fingerprint, weight_kwargs
 from cascade_booth.runfolder import atomic_path
 from cascade_booth.text import TextEmbeddings
@@ -61,31 +62,19 @@ class CacheWriteError(BoothError):
     """The class-image cache could not be written (disk full, permissions)."""
 
 
-class _StopOnSignal:
+class _StopOnSignal(StopSignals):
     """While generating, SIGINT/SIGTERM stop with a clean ``TrainingAborted`` (the PNGs so far are kept)."""
 
     def __init__(self, folder: Path, total: int):
+        super().__init__()
         self.folder, self.total = folder, total
-        self._old: dict[int, object] = {}
 
-    def __enter__(self) -> _StopOnSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
+    def on_signal(self, signum: int) -> None:
         done = sum(1 for i in range(self.total) if (self.folder / f"{i:05d}.png").exists())
         raise TrainingAborted(
             f"{signal.Signals(signum).name} received while generating class images ({done} of {self.total} "
             "cached, kept). Run the same command with --resume to continue."
         )
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def class_images(

@@ -31,6 +31,7 @@ import torch
 from cascade_booth import checkpoint as ckpt
 from cascade_booth.config import StageConfig
 from cascade_booth.errors import TrainingAborted
+from cascade_booth.interrupts import StopSignals
 from cascade_booth.losses import prior_weighted_mean
 
 
@@ -70,32 +71,20 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:7], "little")
 
 
-class _Interrupt:
+class _Interrupt(StopSignals):
     """Turns SIGINT/SIGTERM into a flag checked between steps, so the run can checkpoint and stop.
 
     A second signal stops at once (KeyboardInterrupt); the checkpoint being written is then dropped.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.signal: int | None = None
-        self._old: dict[int, object] = {}
 
-    def __enter__(self) -> _Interrupt:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
+    def on_signal(self, signum: int) -> None:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _warmup(steps: int) -> Callable[[int], float]:

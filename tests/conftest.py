@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 CLOCK = REPO / "cascade_booth" / "data" / "clock"
 SHARED = REPO.parent / "shared"
 
+pytest_plugins = ["helpers_reliability"]  # its ``env`` fixture serves the reliability tests
+
 
 def pytest_configure(config) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -53,3 +55,28 @@ def tiny_config(**base):
     for key, value in base.items():
         setattr(cfg.base, key, value)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two OpenMP threads on a busy 2-core machine can be 100x slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stage_one(tmp_path_factory) -> Path:
+    """A finished stage one (tiny cascade, 1 step, prior on with 2 class images) on 3 clock photos."""
+    from cascade_booth.session import TrainRequest
+    from stages.base import run as train_base
+
+    subject = tmp_path_factory.mktemp("subject")
+    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
+        shutil.copy(src, subject / src.name)
+    run = tmp_path_factory.mktemp("runs") / "stage-one"
+    train_base(TrainRequest(subject=subject, class_noun="clock", run=run, config=tiny_config(steps=1)))
+    return run

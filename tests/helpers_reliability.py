@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,3 +324,11 @@ if __name__ == "__main__":
         _child_cli(sys.argv[2:])
     elif sys.argv[1] == "class-images":
         _child_class_images(sys.argv[2], sys.argv[3])
+
+
+@pytest.fixture
+def env():
+    """Offline, seeded environment with the shared cache warmed by the reference run."""
+    reference_run()
+    with booth_env():
+        yield

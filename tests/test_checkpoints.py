@@ -14,7 +14,7 @@ import shutil
 import signal
 
 import pytest
-from helpers_reliability import (
+from helpers_reliability import (  # noqa: F401 - env is a fixture
     booth_env,
     cli_args,
     config,
@@ -34,13 +34,6 @@ from cascade_booth.errors import BoothError, RunError
 from cascade_booth.runfolder import COMPLETE, checkpoint_steps, new_checkpoint
 
 POINTS = ["weights.safetensors", "optimizer.safetensors", "trainer.json", COMPLETE, "step-4"]
-
-
-@pytest.fixture
-def env():
-    reference_run()  # warms the shared cache first (see helpers_reliability.reference_run)
-    with booth_env():
-        yield
 
 
 def _in_step(path, step: int) -> bool:

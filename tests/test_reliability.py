@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers_reliability import (
+from helpers_reliability import (  # noqa: F401 - env is a fixture
     SUBJECT,
     booth_env,
     class_image_folder,
@@ -37,14 +37,6 @@ from cascade_booth.config import StageConfig
 from cascade_booth.errors import RunError, TrainingAborted
 from cascade_booth.trainer import Callbacks
 from stages import base as base_stage
-
-
-@pytest.fixture
-def env():
-    reference_run()  # warms the shared cache first (see helpers_reliability.reference_run)
-    with booth_env():
-        yield
-
 
 # ---------------------------------------------------------------- non-finite steps
 

@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from helpers_reliability import (
+from helpers_reliability import (  # noqa: F401 - env is a fixture
     booth_env,
     class_image_folder,
     cli_args,
@@ -35,13 +35,6 @@ from helpers_reliability import (
 from cascade_booth.errors import TrainingAborted
 from cascade_booth.runfolder import checkpoint_steps
 from cascade_booth.trainer import Callbacks
-
-
-@pytest.fixture
-def env():
-    reference_run()  # warms the shared cache first (see helpers_reliability.reference_run)
-    with booth_env():
-        yield
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import CLOCK, tiny_config
 from PIL import Image
 
 from cascade_booth import runner
@@ -18,29 +17,8 @@ from cascade_booth.cli import main
 from cascade_booth.errors import InputError, ModelNotFoundError, RunError
 from cascade_booth.pngmeta import read_png_text
 from cascade_booth.runner import RenderRequest, render_run
-from cascade_booth.session import TrainRequest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two OpenMP threads on a busy 2-core machine can be 100x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def stage_one(tmp_path_factory) -> Path:
-    """A finished stage one (tiny cascade, 1 step, prior on with 2 class images) on 3 clock photos."""
-    from stages.base import run as train_base
-
-    subject = tmp_path_factory.mktemp("render-subject")
-    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
-        shutil.copy(src, subject / src.name)
-    run = tmp_path_factory.mktemp("render-runs") / "stage-one"
-    train_base(TrainRequest(subject=subject, class_noun="clock", run=run, config=tiny_config(steps=1)))
-    return run
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _copy_run(src: Path, dst: Path, edit=None) -> Path:

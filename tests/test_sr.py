@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLOCK, tiny_config
 from diffusers import DDPMScheduler, IFSuperResolutionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
@@ -18,31 +17,11 @@ from cascade_booth.images import to_tensor
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.runfolder import RunFolder
 from cascade_booth.sampling import make_scheduler, sample_sr
-from cascade_booth.session import TrainRequest, load_subject, subject_fingerprint
+from cascade_booth.session import load_subject, subject_fingerprint
 from cascade_booth.tiny import if_scheduler, unet_config
 from stages import sr
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two OpenMP threads on a busy 2-core machine can be 100x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def stage_one(tmp_path_factory) -> Path:
-    """A finished stage one (tiny cascade, 1 step, prior on with 2 class images) on 3 clock photos."""
-    from stages.base import run as train_base
-
-    subject = tmp_path_factory.mktemp("sr-subject")
-    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
-        shutil.copy(src, subject / src.name)
-    run = tmp_path_factory.mktemp("sr-runs") / "stage-one"
-    train_base(TrainRequest(subject=subject, class_noun="clock", run=run, config=tiny_config(steps=1)))
-    return run
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
