@@ -20,6 +20,8 @@ from cascade_booth.errors import InputError, RunError
 from cascade_booth.identifier import check_identifier, choose_identifier, class_prompt, instance_prompt
 from cascade_booth.runfolder import RunFolder
 
+SR_RESOLUTION = 256  # IF-II's output size: stage two needs subject photos at least this large
+
 
 @dataclass
 class TrainRequest:
@@ -129,6 +131,8 @@ def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> 
     if not req.class_noun or not req.class_noun.strip():
         raise InputError("--class-noun is empty: name the subject's class, e.g. 'clock' or 'dog'")
     images, warnings = load_subject(req.subject, min_size)
+    warnings += [f"{img.path.name}: {min(img.image.size)} px is below stage two's {SR_RESOLUTION} px; "
+                 "train-sr will refuse it" for img in images if min(img.image.size) < SR_RESOLUTION]
     run = RunFolder(req.run)
     if run.exists() and stage == "base":
         meta = run.read()

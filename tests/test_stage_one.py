@@ -166,3 +166,17 @@ def test_validation_images_every_n_steps(clock_subject, tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "v" / "base" / "validation" / "step-1.png").width >= 2 * 64
+
+
+def test_photos_too_small_for_stage_two_are_warned_at_stage_one(clock_subject, tmp_path):
+    from PIL import Image
+
+    from cascade_booth.session import TrainRequest
+    from stages.base import prepare
+
+    small = clock_subject / "00.jpg"
+    Image.open(small).resize((128, 128)).save(small)
+    ctx, _, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "r",
+                                     config=tiny_config()))
+    ctx.run.unlock()
+    assert any("00.jpg: 128 px is below stage two's 256 px" in w for w in ctx.warnings)
