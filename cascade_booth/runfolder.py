@@ -28,20 +28,33 @@ from cascade_booth.errors import RunError
 COMPLETE = "COMPLETE"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success fsync and rename it into place."""
+    """Yield a temporary path beside ``final``; on success fsync and rename it into place.
+
+    Readers see the old file or the new complete one, never a partial one; the folder is fsynced
+    after the rename so the new name survives a crash (where the filesystem allows it).
+    """
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual permissions
     try:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        _fsync(tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # some filesystems refuse to fsync a folder
+        _fsync(final.parent)
 
 
 class WriteError(RunError):

@@ -12,8 +12,6 @@ globals.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cascade_booth.errors import InputError
+from cascade_booth.runfolder import atomic_path
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest safetensors JSON header accepted (100 MB); real headers are kilobytes."""
@@ -72,18 +71,9 @@ def save_state_dict(
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
                                         for k, v in metadata.items()):
         raise TypeError("safetensors metadata must map str -> str")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        prepared = {name: value.detach().contiguous() for name, value in tensors.items()}
+    prepared = {name: value.detach().contiguous() for name, value in tensors.items()}
+    with atomic_path(path) as tmp:
         save_file(prepared, str(tmp), metadata=dict(metadata) if metadata is not None else None)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def validate_safetensors_header(path: Path) -> dict[str, object]:
@@ -212,17 +202,3 @@ def _pickle_hint(path: Path) -> str:
     if _looks_like_pickle(_read_head(path)):
         return " (this looks like a pickle-based PyTorch checkpoint, not safetensors)"
     return ""
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable by fsyncing its folder (a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

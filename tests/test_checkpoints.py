@@ -189,3 +189,18 @@ def test_disk_full_writing_run_json(tmp_path, monkeypatch):
         runfolder.RunFolder(tmp_path).write({"new": 2})
     assert runfolder.read_json(tmp_path / "run.json") == {"old": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_atomic_files_get_the_users_usual_permissions(tmp_path):
+    import os
+
+    from cascade_booth.runfolder import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_failed_save_keeps_old_file_and_cleans_up(tmp_path: Path, monkeypatch: p
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(safeload.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # the rename inside runfolder.atomic_path
     with pytest.raises(OSError, match="disk full"):
         save_state_dict({"b": torch.ones(2)}, path)
     monkeypatch.undo()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cascade_booth.evaluation.metrics import DIV_METRIC
+from cascade_booth.runfolder import atomic_path
 
 SCHEMA = "cascade-booth/evaluation/v1"
 METRIC_KEYS = ("dino", "clip_i", "clip_t", "pres", "div")
@@ -171,17 +170,8 @@ def _coverages(report: dict) -> list[dict]:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as out:  # "x": a fresh file, permissions from the umask
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
