@@ -41,8 +41,10 @@ def load_pretrained(cls, path: Path, **kwargs):
         raise ModelNotFoundError(f"{path}: cannot load {cls.__name__}: {err}") from None
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+def offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(var, "0").strip().lower() in ("1", "true", "yes", "on")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def resolve_model(spec: str, stage: int) -> Path:
@@ -69,11 +71,11 @@ def _hub_snapshot(repo_id: str) -> Path:
 
     patterns = ["model_index.json", "*/*.json", "*/*.model", "*/*.txt", "*.safetensors", "*/*.safetensors"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=_offline()))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline()))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, HfHubHTTPError) as err:
-        hint = f"huggingface-cli download {repo_id}" if _offline() else "check the id and your hub login/licence"
+        hint = f"huggingface-cli download {repo_id}" if offline() else "check the id and your hub login/licence"
         raise ModelNotFoundError(
-            f"model '{repo_id}' is not available{' offline' if _offline() else ''}: "
+            f"model '{repo_id}' is not available{' offline' if offline() else ''}: "
             f"{type(err).__name__}. Get it with `{hint}` or pass a local diffusers folder."
         ) from None
 

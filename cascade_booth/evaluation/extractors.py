@@ -11,7 +11,6 @@ and the option to point at a local folder.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,16 +27,11 @@ from cascade_booth.evaluation.preprocess import (
     build_preprocess,
     read_preprocessor_config,
 )
+from cascade_booth.models import offline
 
 DEFAULT_DINO = "facebook/dino-vits16"
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 PROCESSOR_FILE = "preprocessor_config.json"
-
-
-def offline() -> bool:
-    """True when the Hugging Face hub must not be contacted."""
-    return any(os.environ.get(var, "0").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _looks_like_path(spec: str) -> bool:

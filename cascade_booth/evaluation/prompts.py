@@ -16,8 +16,9 @@ import re
 from pathlib import Path
 
 from cascade_booth.errors import InputError
+from cascade_booth.identifier import PLACEHOLDER
 
-V = "[V]"
+V = PLACEHOLDER
 
 _SHARED = (
     "a {0} {1} in the jungle",

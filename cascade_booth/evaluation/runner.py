@@ -11,6 +11,7 @@ from cascade_booth.evaluation.inputs import GeneratedImage, list_subject_images
 from cascade_booth.evaluation.prompts import LIVE_SUBJECTS, SUBJECTS, is_live_class, resolve_prompts
 from cascade_booth.evaluation.report import build_report
 from cascade_booth.evaluation.scoring import CLIP_T_TEXT, embed_all, label_images, score
+from cascade_booth.session import versions
 
 
 def resolve_class_noun(class_noun: str | None, subject_dir: Path, images: Sequence[GeneratedImage]) -> str:
@@ -25,16 +26,6 @@ def resolve_class_noun(class_noun: str | None, subject_dir: Path, images: Sequen
         return SUBJECTS[subject_dir.name]
     raise InputError(f"no class noun for subject folder {subject_dir}: "
                      "pass --class-noun (e.g. --class-noun dog)")
-
-
-def _versions() -> dict:
-    import torch
-    import transformers
-
-    import cascade_booth
-
-    return {"cascade_booth": cascade_booth.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__}
 
 
 def coverage(templates: Sequence[str], labelled_templates: Sequence[tuple[str, str]]) -> dict:
@@ -70,7 +61,7 @@ def evaluate_subject(generated: Sequence[GeneratedImage], subject_dir: str | Pat
         "subject": name, "subject_dir": str(subject_dir), "class_noun": noun, "identifier": ident,
         "prompts": source, "live_subject": live, "batch_size": batch_size, "clip_t_text": CLIP_T_TEXT,
         "dino_feature": "CLS token of last_hidden_state", "n_generated": len(generated),
-        "versions": _versions(), **(settings or {}),
+        "versions": versions(), **(settings or {}),
     }
     models = {"dino": dino.describe(), "clip": clip.describe()}
     return build_report(name, scores, report_settings, models,
