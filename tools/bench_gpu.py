@@ -151,6 +151,41 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def failure_note(err: BaseException, oom: str = "OOM") -> str:
+    """The notes of a row whose measurement failed."""
+    return (oom if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300]
+
+
+class NoStepOptimizer:
+    """Stands in for the optimiser when the update happens inside backward (gradient hooks)."""
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def step(self):
+        pass
+
+
+def measure_full_row(b, name: str, step, params, samples: int, flops, notes: str, count: bool) -> float | None:
+    """Time a full fine-tune step and add its row; returns its FLOPs (counted when ``count`` and none given).
+
+    Rows with gradient checkpointing pass ``count=False``: they reuse the plain step's FLOPs.
+    """
+    a = b.args
+    before = snapshot(params)
+    first = step()
+    ok = bool(torch.isfinite(first).item())
+    moved = changed_fraction(before)
+    del before
+    if flops is None and count:
+        flops = b.count_flops(step)
+    t, times, loss = b.time_it(step, max(1, a.warmup - 1), max(2, a.steps // 2))
+    b.add("full", name, samples=samples, time_s=t, times=times, peak_gb=b.peak_gb(), flops=flops,
+          loss=float(loss), loss_finite=ok, weights_changed_frac=moved,
+          notes=f"{notes}; loss ok={ok}; frac of sampled weights changed by 1 step at lr {a.full_lr:g}: {moved:.3f}")
+    return flops
+
+
 def fused_adamw(params, lr, device):
     try:
         return torch.optim.AdamW(params, lr=lr, fused=True)
@@ -250,8 +285,7 @@ def lora_section(b: Bench):
             )
             return flops_cache[key]
         except Exception as err:  # noqa: BLE001 - report and go on
-            msg = "OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}"
-            b.add("lora", name, samples=samples, notes=msg[:300])
+            b.add("lora", name, samples=samples, notes=failure_note(err))
         finally:
             del opt
             for p in params:
@@ -366,52 +400,16 @@ def full_section(b: Bench):
                     p.grad = None
 
                 hooks = [p.register_post_accumulate_grad_hook(hook) for p in params]
-
-                class _Noop:
-                    def zero_grad(self, set_to_none=True):
-                        pass
-
-                    def step(self):
-                        pass
-
-                opt = _Noop()
+                opt = NoStepOptimizer()
             else:
                 opt = make_opt(params)
-            gen = torch.Generator().manual_seed(2)
-            step = train_step_fn(b, unet, opt, sched, x0, emb, is_prior, gen)
-            before = snapshot(params)
-            first = step()
-            ok = bool(torch.isfinite(first).item())
-            moved = changed_fraction(before)
-            del before
-            key = "base"
-            if key not in flops and not ckpt:
-                flops[key] = b.count_flops(step)
-            t, times, loss = b.time_it(step, max(1, a.warmup - 1), max(2, a.steps // 2))
-            b.add(
-                "full",
-                name,
-                samples=x0.shape[0],
-                time_s=t,
-                times=times,
-                peak_gb=b.peak_gb(),
-                flops=flops.get(key),
-                loss=float(loss),
-                loss_finite=ok,
-                weights_changed_frac=moved,
-                notes=f"{notes}; loss ok={ok}; frac of sampled weights changed by 1 step at lr "
-                f"{a.full_lr:g}: {moved:.3f}",
-            )
+            step = train_step_fn(b, unet, opt, sched, x0, emb, is_prior, torch.Generator().manual_seed(2))
+            counted = measure_full_row(b, name, step, params, x0.shape[0], flops.get("base"), notes, count=not ckpt)
+            if not ckpt:
+                flops["base"] = counted
         except Exception as err:  # noqa: BLE001
-            b.add(
-                "full",
-                name,
-                samples=x0.shape[0],
-                peak_gb=b.peak_gb(),
-                notes=("OOM (peak before failure shown)" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[
-                    :300
-                ],
-            )
+            b.add("full", name, samples=x0.shape[0], peak_gb=b.peak_gb(),
+                  notes=failure_note(err, oom="OOM (peak before failure shown)"))
         finally:
             for h in hooks:
                 h.remove()
@@ -512,7 +510,7 @@ def sr_section(b: Bench):
                 notes=f"{a.sr_model} 256 px, 6-ch input, noise_level 100; loss ok={ok}, params moved={moved:.2f}",
             )
         except Exception as err:  # noqa: BLE001
-            b.add("sr", name, samples=x0.shape[0], notes=("OOM" if is_oom(err) else f"ERROR {err}")[:300])
+            b.add("sr", name, samples=x0.shape[0], notes=failure_note(err))
         finally:
             if cl:
                 unet.to(memory_format=torch.contiguous_format)
@@ -589,7 +587,7 @@ def gen_section(b: Bench):
                 "time per generated batch",
             )
         except Exception as err:  # noqa: BLE001
-            b.add("gen", "sampling", notes=("OOM" if is_oom(err) else f"ERROR {err}")[:300])
+            b.add("gen", "sampling", notes=failure_note(err))
         if cl:
             unet.to(memory_format=torch.contiguous_format)
     del unet
@@ -651,7 +649,7 @@ def compile_section(b: Bench, base_flops):
                 notes=f"first step (compile) {compile_s:.0f} s; loss ok={ok}; FLOPs of the eager step",
             )
         except Exception as err:  # noqa: BLE001
-            b.add("lora", name, notes=("OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300])
+            b.add("lora", name, notes=failure_note(err))
         finally:
             del unet, cunet, params, opt, inner, step
             b.reset_mem()
@@ -695,13 +693,6 @@ def fullx_section(b: Bench):
     unet.train()
     params = list(unet.parameters())
 
-    class _Noop:
-        def zero_grad(self, set_to_none=True):
-            pass
-
-        def step(self):
-            pass
-
     fl = None
     for ckpt in (False, True):
         if b.left() < 45:
@@ -712,37 +703,14 @@ def fullx_section(b: Bench):
         b.reset_mem()
         name = f"fp32 weights + AdamW (bf16 m,v) in backward{' + grad ckpt' if ckpt else ''}"
         try:
-            step = train_step_fn(b, unet, _Noop(), sched, x0, emb, is_prior, torch.Generator().manual_seed(2))
-            before = snapshot(params)
-            first = step()
-            ok = bool(torch.isfinite(first).item())
-            moved = changed_fraction(before)
-            del before
-            if fl is None and not ckpt:
-                fl = b.count_flops(step)
-            t, times, loss = b.time_it(step, max(1, a.warmup - 1), max(2, a.steps // 2))
-            b.add(
-                "full",
-                name,
-                samples=x0.shape[0],
-                time_s=t,
-                times=times,
-                peak_gb=b.peak_gb(),
-                flops=fl,
-                loss=float(loss),
-                loss_finite=ok,
-                weights_changed_frac=moved,
-                notes=f"fp32 weights, m/v bf16; loss ok={ok}; frac of sampled weights changed by 1 step at lr "
-                f"{a.full_lr:g}: {moved:.3f}",
-            )
+            step = train_step_fn(b, unet, NoStepOptimizer(), sched, x0, emb, is_prior,
+                                 torch.Generator().manual_seed(2))
+            counted = measure_full_row(b, name, step, params, x0.shape[0], fl, "fp32 weights, m/v bf16",
+                                       count=not ckpt)
+            if not ckpt:
+                fl = counted
         except Exception as err:  # noqa: BLE001
-            b.add(
-                "full",
-                name,
-                samples=x0.shape[0],
-                peak_gb=b.peak_gb(),
-                notes=("OOM" if is_oom(err) else f"ERROR {type(err).__name__}: {err}")[:300],
-            )
+            b.add("full", name, samples=x0.shape[0], peak_gb=b.peak_gb(), notes=failure_note(err))
         finally:
             for h in hooks:
                 h.remove()
