@@ -598,7 +598,9 @@ def compile_section(b: Bench, base_flops):
     """torch.compile of the UNet inside the unchanged training step (loss, scheduler, optimiser eager)."""
     a = b.args
     sched = ddpm_scheduler()
-    variants = [("default", a.batch, False), ("reduce-overhead", a.batch, False), ("default", a.big_batches[0], True)]
+    variants = a.compile_variants or [
+        ("default", a.batch, False), ("reduce-overhead", a.batch, False), ("default", a.big_batches[0], True)
+    ]
     flops = {}
     for mode, nb, cl in variants:
         if b.left() < a.compile_min_s:
@@ -735,6 +737,12 @@ def measure_peak(b: Bench) -> float:
     return 2 * n**3 / t
 
 
+def parse_variant(text: str) -> tuple[str, int, bool]:
+    """``MODE:N[:cl]`` -> (compile mode, instance samples, channels_last)."""
+    parts = text.split(":")
+    return parts[0], int(parts[1]), len(parts) > 2 and parts[2] == "cl"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -744,6 +752,9 @@ def main(argv=None):
     p.add_argument(
         "--compile-min-s", type=float, default=150, help="start a compile row only with this much budget left"
     )
+    p.add_argument("--compile-variants", default="",
+                   help="compile rows as MODE:N[:cl], comma separated (e.g. default:8,default:16:cl); "
+                        "default: default:BATCH, reduce-overhead:BATCH, default:BIG[0]:cl")
     p.add_argument("--batch", type=int, default=2, help="instance images per step (same number of class images)")
     p.add_argument("--big-batches", default="8,16", help="larger instance counts to show MFU scaling")
     p.add_argument("--rank", type=int, default=4)
@@ -761,6 +772,7 @@ def main(argv=None):
     a.amp = a.amp or ("none" if on_cpu else "bf16")
     a.model, a.sr_model = resolve(a.model), resolve(a.sr_model)
     a.big_batches = [int(x) for x in a.big_batches.split(",") if x]
+    a.compile_variants = [parse_variant(v) for v in a.compile_variants.split(",") if v]
     b = Bench(a)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
