@@ -80,8 +80,23 @@ def _grids(report: dict) -> list[str]:
     return parts
 
 
-def to_html(report: dict) -> str:
-    """Render a report dict as one self-contained HTML page."""
+def _benchmark(report: dict) -> list[str]:
+    bench = report.get("benchmark")
+    if not bench:
+        return []
+    links = ", ".join(f'<a href="subjects/{escape(n, quote=True)}/report.html">{escape(n)}</a>'
+                      for n in bench["evaluated"])
+    parts = ["<h2>DreamBench coverage</h2>",
+             f"<p>{len(bench['evaluated'])} of {len(bench['selected'])} selected subjects evaluated "
+             f"(DreamBench has {bench['n_subjects']}); overall metrics are means over them. "
+             f"Per-subject reports: {links}.</p>"]
+    if bench.get("missing"):
+        parts.append(_table(("Missing subject", "Why"), list(bench["missing"].items())))
+    return parts
+
+
+def to_html(report: dict, images: bool = True) -> str:
+    """Render a report dict as one self-contained HTML page (``images``: include the image grids)."""
     settings, models, overall = report["settings"], report.get("models", {}), report["overall"]
     table1 = table1_rows(report)
     ablation = [(f"{m} (paper)", fmt(p), fmt(d) + " (LPIPS)") for m, p, d in PAPER_PRIOR_ABLATION]
@@ -96,6 +111,7 @@ def to_html(report: dict) -> str:
         f"<p>Metrics of {escape(PAPER)}, section 4.1. DIV is "
         f"<code>{escape(str(settings.get('div_metric')))}</code> (the paper uses LPIPS). "
         "PRES: lower is better.</p>",
+        *_benchmark(report),
         "<h2>Table 1</h2>",
         _table(("Method", "DINO", "CLIP-I", "CLIP-T"), table1, ours_rows=(len(table1) - 1,)),
         "<h2>Prior preservation and diversity</h2>",
@@ -104,7 +120,7 @@ def to_html(report: dict) -> str:
         _table(("Subject", "DINO", "CLIP-I", "CLIP-T", "PRES", "DIV", "images"), subjects),
         "<h2>Models</h2>", _table(("Role", "Model", "Class"), model_rows),
         "<h2>Settings</h2>", _table(("Setting", "Value"), setting_rows),
-        *_grids(report),
+        *(_grids(report) if images else []),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\" />"
             "<title>cascade-booth evaluation</title>"

@@ -137,7 +137,7 @@ def to_markdown(report: dict) -> str:
              f"Metrics of {PAPER}, section 4.1. DINO model: `{models.get('dino', {}).get('id', '?')}`; "
              f"CLIP model: `{models.get('clip', {}).get('id', '?')}`. "
              f"CLIP-T text: {settings.get('clip_t_text', '?')}.",
-             "", "## Table 1: subject and prompt fidelity", ""]
+             *_benchmark_lines(report), "", "## Table 1: subject and prompt fidelity", ""]
     lines += _md_table(("Method", "DINO ↑", "CLIP-I ↑", "CLIP-T ↑"), table1_rows(report))
     lines += ["", "## Prior preservation and diversity", "",
               "PRES: DINO similarity of class-prompt samples to the subject (lower is better). "
@@ -148,7 +148,7 @@ def to_markdown(report: dict) -> str:
     lines += _md_table(("Method", "PRES ↓", "DIV ↑"), rows)
     lines += ["", "## Per subject", ""]
     lines += _md_table(("Subject", "DINO", "CLIP-I", "CLIP-T", "PRES", "DIV", "images", "real"), [
-        (name, *(fmt(row.get(k)) for k in METRIC_KEYS), str(row.get("n_instance_images", 0)),
+        (_subject_link(report, name), *(fmt(row.get(k)) for k in METRIC_KEYS), str(row.get("n_instance_images", 0)),
          str(row.get("n_real_images", 0))) for name, row in report["per_subject"].items()])
     lines += ["", "## Per prompt", ""]
     lines += _md_table(("Subject", "Prompt", "kind", "n", "DINO", "CLIP-I", "CLIP-T", "DIV"), [
@@ -158,6 +158,27 @@ def to_markdown(report: dict) -> str:
     if missing:
         lines += ["", f"Prompts with no generated image ({len(missing)}): " + "; ".join(missing[:30])]
     return "\n".join(lines) + "\n"
+
+
+def _subject_link(report: dict, name: str) -> str:
+    return f"[{name}](subjects/{name}/report.md)" if "benchmark" in report else name
+
+
+def _benchmark_lines(report: dict) -> list[str]:
+    """DreamBench coverage: how many subjects were evaluated, which are missing and why."""
+    bench = report.get("benchmark")
+    if not bench:
+        return []
+    lines = ["", "## DreamBench coverage", "",
+             f"{len(bench['evaluated'])} of {len(bench['selected'])} selected subjects evaluated "
+             f"(DreamBench has {bench['n_subjects']}; the paper uses 30 subjects x 25 prompts x 4 images). "
+             "Overall metrics are means over the evaluated subjects; each has its own report under "
+             "`subjects/<subject>/`."]
+    missing = bench.get("missing") or {}
+    if missing:
+        lines += ["", f"Missing subjects ({len(missing)}):", ""]
+        lines += [f"- `{name}`: {why}" for name, why in missing.items()]
+    return lines
 
 
 def _coverages(report: dict) -> list[dict]:
@@ -179,13 +200,17 @@ def to_json(report: dict) -> str:
     return json.dumps(clean(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_reports(report: dict, out_dir: str | Path, html: bool = True) -> dict[str, Path]:
-    """Write ``metrics.json``, ``report.md`` and (optionally) ``report.html`` into ``out_dir``."""
+def write_reports(report: dict, out_dir: str | Path, html: bool = True, images: bool = True) -> dict[str, Path]:
+    """Write ``metrics.json``, ``report.md`` and (optionally) ``report.html`` into ``out_dir``.
+
+    ``images=False`` leaves the per-prompt image grids out of the HTML page (a benchmark's combined
+    page links to the per-subject pages instead).
+    """
     from cascade_booth.evaluation.html_report import to_html
 
     out_dir = Path(out_dir)
     written = {"json": atomic_write_text(out_dir / REPORT_FILES["json"], to_json(report)),
                "markdown": atomic_write_text(out_dir / REPORT_FILES["markdown"], to_markdown(report))}
     if html:
-        written["html"] = atomic_write_text(out_dir / REPORT_FILES["html"], to_html(report))
+        written["html"] = atomic_write_text(out_dir / REPORT_FILES["html"], to_html(report, images=images))
     return written

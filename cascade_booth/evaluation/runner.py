@@ -39,12 +39,15 @@ def coverage(templates: Sequence[str], labelled_templates: Sequence[tuple[str, s
 def evaluate_subject(generated: Sequence[GeneratedImage], subject_dir: str | Path, dino, clip, *,
                      class_noun: str | None = None, prompts: str = "dreambench",
                      identifier: str | None = None, batch_size: int = 16,
-                     subject_name: str | None = None, settings: dict | None = None) -> dict:
+                     subject_name: str | None = None, settings: dict | None = None,
+                     templates: Sequence[str] | None = None) -> dict:
     """Score generated images of one subject against its real images; returns the report dict.
 
     ``dino`` / ``clip`` are :class:`DinoExtractor` / :class:`ClipExtractor` (or objects with the same
     ``embed_images`` / ``embed_texts`` / ``describe`` methods). ``prompts`` is ``"dreambench"`` or a
     prompts file; ``settings`` adds entries to the report's settings (e.g. the run folder).
+    ``templates`` gives the expected ``[V]`` prompts directly (e.g. read from a DreamBench checkout);
+    then ``prompts`` only names their source in the report.
     """
     if not generated:
         raise InputError("no generated images to evaluate")
@@ -53,7 +56,12 @@ def evaluate_subject(generated: Sequence[GeneratedImage], subject_dir: str | Pat
     noun = resolve_class_noun(class_noun, subject_dir, generated)
     name = subject_name or subject_dir.name
     live = name in LIVE_SUBJECTS if name in SUBJECTS and not class_noun else is_live_class(noun)
-    templates, source = resolve_prompts(prompts, noun, live=live)
+    if templates is None:
+        templates, source = resolve_prompts(prompts, noun, live=live)
+    elif not templates:
+        raise InputError(f"subject {name}: no expected prompts")
+    else:
+        templates, source = list(templates), prompts
     labels, ident = label_images(generated, templates, identifier)
     scores = score(labels, embed_all(labels, real_paths, dino, clip, batch_size=batch_size))
     scores["real_images"]["paths"] = [str(p) for p in real_paths]
