@@ -30,11 +30,14 @@ def _register() -> None:
     from cascade_booth.clikit import friendly
     from cascade_booth.commands import demo, render, train_base, train_sr
     from cascade_booth.evaluation.cli import evaluate
+    from cascade_booth.sweep.cli import sweep
 
-    cli_evaluate = copy.copy(evaluate)  # the library command keeps raising typed errors
-    cli_evaluate.callback = friendly(evaluate.callback)  # on the CLI: one message, like every command
-    for cmd in (train_base, train_sr, render, demo, cli_evaluate):
+    for cmd in (train_base, train_sr, render, demo):
         main.add_command(cmd)
+    for library_command in (evaluate, sweep):
+        cli_command = copy.copy(library_command)  # the library command keeps raising typed errors
+        cli_command.callback = friendly(library_command.callback)  # on the CLI: one message, like every command
+        main.add_command(cli_command)
 
 
 _register()

@@ -42,7 +42,10 @@ class TqdmCallbacks:
         return Callbacks(on_start=self.start, on_step=self.step, on_checkpoint=self.checkpoint)
 
     def start(self, start: int, total: int) -> None:
-        self.bar = self._tqdm(total=total, initial=start, desc=self.label, unit="step", file=sys.stderr)
+        from cascade_booth import parallel
+
+        self.bar = self._tqdm(total=total, initial=start, desc=self.label, unit="step", file=sys.stderr,
+                              disable=not parallel.is_main())  # one bar for a launch of several processes
 
     def step(self, step: int, loss: float, lr: float) -> None:
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
@@ -62,7 +65,9 @@ def class_progress():
     state = {}
 
     def update(done: int, total: int) -> None:
-        bar = state.setdefault("bar", tqdm(total=total, desc="class images", unit="img", file=sys.stderr))
+        if "bar" not in state:  # one bar: ``setdefault`` would build (and print) a new one on every call
+            state["bar"] = tqdm(total=total, desc="class images", unit="img", file=sys.stderr)
+        bar = state["bar"]
         bar.n = done
         bar.refresh()
         if done >= total:

@@ -24,6 +24,7 @@ def _config(config: str | None, model: str | None, seed: int | None) -> Config:
 
 
 def _train_stage(stage: str, label: str, request) -> None:
+    from cascade_booth import parallel
     from stages import get_stage
 
     progress = TqdmCallbacks(label)
@@ -31,6 +32,8 @@ def _train_stage(stage: str, label: str, request) -> None:
         ctx = get_stage(stage).run(request, progress.build(), progress=class_progress())
     finally:
         progress.close()
+    if not parallel.is_main():  # under a launcher the main process speaks for all
+        return
     for warning in ctx.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     click.echo(f"{label} done: {ctx.run.stage_dir(stage)} (identifier '{ctx.identifier}')")
@@ -53,6 +56,11 @@ def common_train_options(fn):
         click.option("--seed", type=int), click.option("--checkpoint-every", type=int),
         click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"])),
         click.option("--compile/--no-compile", "compile_unet", default=None, help="torch.compile the UNet."),
+        click.option("--optimizer", type=click.Choice(["adamw", "adamw-in-backward"]),
+                     help="adamw-in-backward: update inside backward, bf16 moments (full fine-tunes in less memory)."),
+        click.option("--max-grad-norm", type=float, help="Clip the global gradient norm (0: no clipping)."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", "checkpointing", default=None,
+                     help="Recompute activations in backward: less memory, about 30% slower."),
         click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint."),
         click.option("--allow-drift", is_flag=True, help="Resume even if settings changed."),
         click.option("--allow-pickle", is_flag=True, callback=_allow_pickle, expose_value=False,
@@ -74,14 +82,16 @@ def common_train_options(fn):
 @click.option("--force", is_flag=True, help="Start stage one over in an existing run folder.")
 @friendly
 def train_base(subject, class_noun, run_dir, config, model, steps, batch_size, lr, lora_rank, full, seed,
-               checkpoint_every, mixed_precision, compile_unet, resume, allow_drift, prior, prior_weight, class_images,
-               identifier, force) -> None:
+               checkpoint_every, mixed_precision, compile_unet, optimizer, max_grad_norm, checkpointing, resume,
+               allow_drift, prior,
+               prior_weight, class_images, identifier, force) -> None:
     """Stage one: fine-tune the 64 px model on the subject with prior preservation."""
     from cascade_booth.session import TrainRequest
 
     cfg = _config(config, model, seed)
     apply_overrides(cfg, "base", steps=steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank, full=full,
-                    checkpoint_every=checkpoint_every, mixed_precision=mixed_precision, compile=compile_unet)
+                    checkpoint_every=checkpoint_every, mixed_precision=mixed_precision, compile=compile_unet,
+                    optimizer=optimizer, max_grad_norm=max_grad_norm, gradient_checkpointing=checkpointing)
     apply_overrides(cfg, "prior", enabled=prior, weight=prior_weight, class_images=class_images)
     request = TrainRequest(subject=subject, class_noun=class_noun, run=run_dir, config=cfg,
                            identifier=identifier, resume=resume, force=force, allow_drift=allow_drift)
@@ -94,7 +104,8 @@ def train_base(subject, class_noun, run_dir, config, model, steps, batch_size, l
 @click.option("--prompt", "prompt_kind", type=click.Choice(["instance", "class"]), help="Training prompt.")
 @friendly
 def train_sr(run_dir, config, model, steps, batch_size, lr, lora_rank, full, seed, checkpoint_every,
-             mixed_precision, compile_unet, resume, allow_drift, noise_level, prompt_kind) -> None:
+             mixed_precision, compile_unet, optimizer, max_grad_norm, checkpointing, resume, allow_drift,
+             noise_level, prompt_kind) -> None:
     """Stage two: fine-tune the 64 -> 256 super-resolution model on the run's subject photos."""
     from stages.sr import SRRequest
 
@@ -102,7 +113,9 @@ def train_sr(run_dir, config, model, steps, batch_size, lr, lora_rank, full, see
                         allow_drift=allow_drift)
     request.overrides = dict(steps=steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank, full=full,
                              checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
-                             compile=compile_unet, noise_level=noise_level, prompt=prompt_kind)
+                             compile=compile_unet, optimizer=optimizer, max_grad_norm=max_grad_norm,
+                             gradient_checkpointing=checkpointing,
+                             noise_level=noise_level, prompt=prompt_kind)
     _train_stage("sr", "stage two", request)
 
 

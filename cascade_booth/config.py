@@ -66,6 +66,7 @@ class StageConfig:
     lr: float = 5e-6
     lora_rank: int = 4
     full: bool = False
+    optimizer: str = "adamw"  # or "adamw-in-backward": full fine-tunes in less memory (cascade_booth/optim.py)
     variance: str = "learned"
     gradient_accumulation: int = 1
     mixed_precision: str = "no"
@@ -152,6 +153,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 def validate(cfg: Config, where: str = "config") -> Config:
     """Range checks that apply whatever the source of the values."""
+    from cascade_booth.optim import OPTIMIZERS, in_backward_problems  # imports torch: only when checking
+
     problems = []
     for name in ("base", "sr"):
         stage: StageConfig = getattr(cfg, name)
@@ -162,6 +165,10 @@ def validate(cfg: Config, where: str = "config") -> Config:
             problems.append(f"[{name}] lr must be in (0, 1], got {stage.lr}")
         if stage.mixed_precision not in MIXED_PRECISION:
             problems.append(f"[{name}] mixed_precision must be one of {MIXED_PRECISION}")
+        if stage.optimizer not in OPTIMIZERS:
+            problems.append(f"[{name}] optimizer must be one of {OPTIMIZERS}, got '{stage.optimizer}'")
+        problems += [f"[{name}] {p}" for p in in_backward_problems(
+            stage.optimizer, stage.gradient_accumulation, stage.max_grad_norm, stage.mixed_precision)]
         if stage.variance not in ("learned", "fixed"):
             problems.append(f"[{name}] variance must be 'learned' or 'fixed'")
         if stage.checkpoint_every < 0 or stage.validation_every < 0:

@@ -8,17 +8,19 @@ generation resumes where it stopped (each PNG is written atomically) with bit-id
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import signal
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from cascade_booth import parallel
 from cascade_booth.config import PriorConfig
 from cascade_booth.errors import BoothError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
@@ -89,8 +91,12 @@ def class_images(
 ) -> list[Path]:
     """Return ``cfg.class_images`` cached class-image paths, generating only the missing ones.
 
-    Two processes filling one cache take turns (an ``flock`` on the cache folder); the second finds
-    the images the first wrote. SIGINT/SIGTERM stop generation with a ``TrainingAborted`` message.
+    Two runs filling one cache take turns (an ``flock`` on the cache folder); the second finds the
+    images the first wrote. The processes of one launch split the work instead: the main process
+    holds the lock for all of them, every process generates its share of the missing groups
+    (``_my_groups``) and all wait for each other before training reads the images. Only the main
+    process takes the lock and it blocks in no collective while waiting for it, so ranks never
+    deadlock on it. SIGINT/SIGTERM stop generation with a ``TrainingAborted`` message.
     """
     from diffusers import UNet2DConditionModel
 
@@ -98,13 +104,41 @@ def class_images(
     folder = cache_root / "class_images" / cache_key(model_path, class_prompt, resolution, cfg, seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:05d}.png" for i in range(cfg.class_images)]
-    with _StopOnSignal(folder, len(paths)), open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = [i for i, p in enumerate(paths) if not p.exists()]
-        if missing:
+    with _StopOnSignal(folder, len(paths)), _main_holds_lock(folder):
+        # One view of what is missing, the main process's (taken under the lock), for every rank.
+        missing = parallel.broadcast([i for i, p in enumerate(paths) if not p.exists()])
+        if missing and parallel.is_main():
             _write_meta(folder, model_path, class_prompt, resolution, cfg, seed)
-            _generate(model_path, class_prompt, cfg, seed, texts, device, folder, missing, progress)
+        groups = _my_groups(missing, cfg.batch_size)
+        mine = [i for i in missing if i // cfg.batch_size in groups]
+        if mine:
+            report = progress if parallel.is_main() else None
+            _generate(model_path, class_prompt, cfg, seed, texts, device, folder, mine, report)
+        if missing and parallel.active():
+            parallel.barrier()  # every share is written before any rank reads the images
+            if progress and parallel.is_main():
+                progress(len(paths), len(paths))
     return paths
+
+
+@contextlib.contextmanager
+def _main_holds_lock(folder: Path) -> Iterator[None]:
+    """The cache folder's ``flock``, taken by the main process only (the only process of a plain run)."""
+    if not parallel.is_main():
+        yield
+        return
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _my_groups(missing: list[int], batch_size: int) -> set[int]:
+    """This process's share of the groups that hold a missing image.
+
+    Whole groups, not single images: image ``i`` is always sampled in batch ``i // batch_size``, so
+    the images are bit-identical to a single-process run's whatever the number of processes.
+    """
+    return set(parallel.shard(sorted({i // batch_size for i in missing})))
 
 
 def _write_meta(folder: Path, model_path: Path, prompt: str, resolution: int, cfg: PriorConfig, seed: int) -> None:
@@ -127,20 +161,19 @@ def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, pro
     whether images were generated.
     """
     dev = torch.device(device)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+    index = torch.cuda.current_device() if dev.type == "cuda" and dev.index is None else dev.index  # rank's GPU
+    with torch.random.fork_rng(devices=[index] if dev.type == "cuda" else []):
         texts.ensure([prompt, ""], device=device)
         pipe = load_sampling_pipeline(model_path, cfg.sampler, device)
-        total, done = cfg.class_images, cfg.class_images - len(missing)
+        total = cfg.class_images
         for group in sorted({i // cfg.batch_size for i in missing}):
             indices = range(group * cfg.batch_size, (group + 1) * cfg.batch_size)
             images = _sample(pipe, prompt, texts, seed, list(indices), cfg, device)
-            wanted = [i for i in indices if i in missing]
             for i, image in zip(indices, images, strict=True):
-                if i in wanted:
+                if i in missing:
                     _save_png(image, folder / f"{i:05d}.png")
-            done += len(wanted)
-            if progress:
-                progress(done, total)
+            if progress:  # counted on disk: under a launcher the other processes write their share too
+                progress(sum((folder / f"{i:05d}.png").exists() for i in range(total)), total)
         del pipe
 
 

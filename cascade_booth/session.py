@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cascade_booth import __version__
+from cascade_booth import __version__, parallel
 from cascade_booth.config import Config
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.identifier import check_identifier, choose_identifier, class_prompt, instance_prompt
@@ -107,12 +107,17 @@ OPERATIONAL = {"checkpoint_every", "keep_checkpoints", "validation_every", "max_
 
 
 def _learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
-    config = meta.get("config", {})
-    stage_cfg = {k: v for k, v in (config.get(stage) or {}).items() if k not in OPERATIONAL}
+    # A setting added to the package after the run was recorded counts as its default, which is how
+    # the run was trained: updating cascade-booth must not turn a resume into "drift".
+    from cascade_booth.config import Config
+
+    config, defaults = meta.get("config", {}), Config().to_dict()
+    recorded = {**defaults[stage], **(config.get(stage) or {})}
+    stage_cfg = {k: v for k, v in recorded.items() if k not in OPERATIONAL}
     keys = ("seed", "identifier", "class_noun", "subject_files", "models")
     out = {k: meta.get(k) for k in keys} | {"config": stage_cfg}
     if stage == "base":  # the class images are part of stage one's training data
-        out["prior"] = config.get("prior")
+        out["prior"] = {**defaults["prior"], **(config.get("prior") or {})}
     return out
 
 
@@ -127,13 +132,22 @@ def check_resume(meta: dict[str, Any], fresh: dict[str, Any], stage: str, allow:
 
 
 def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> RunContext:
-    """Validate the request for ``stage`` and return a locked, recorded run."""
+    """Validate the request for ``stage`` and return a locked, recorded run.
+
+    Under a launcher every process validates (read-only, same result); the main process alone locks
+    the folder and writes ``run.json``, and the others read it once written.
+    """
     if not req.class_noun or not req.class_noun.strip():
         raise InputError("--class-noun is empty: name the subject's class, e.g. 'clock' or 'dog'")
     images, warnings = load_subject(req.subject, min_size)
     warnings += [f"{img.path.name}: {min(img.image.size)} px is below stage two's {SR_RESOLUTION} px; "
                  "train-sr will refuse it" for img in images if min(img.image.size) < SR_RESOLUTION]
     run = RunFolder(req.run)
+    meta = parallel.main_first(lambda: _lock_and_record(req, stage, model_path, run, images), run.read)
+    return RunContext(req, run, meta, images, warnings)
+
+
+def _lock_and_record(req: TrainRequest, stage: str, model_path: Path, run: RunFolder, images: list) -> dict:
     if run.exists() and stage == "base":
         meta = run.read()
         done = meta.get("stages", {}).get(stage, {}).get("done")
@@ -158,7 +172,7 @@ def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> 
     else:
         meta = fresh | {"stages": {}}
     run.write(meta)
-    return RunContext(req, run, meta, images, warnings)
+    return meta
 
 
 def images_digest(images: list) -> str:

@@ -7,6 +7,7 @@ caption cleaning off: lower-case, max length 77, padding to max length, attentio
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 from pathlib import Path
@@ -38,11 +39,25 @@ class TextEmbeddings:
     def _file(self, prompt: str) -> Path:
         return self.folder / f"{_key(self.model_path, prompt)}.safetensors"
 
+    def _missing(self, prompts: list[str]) -> list[str]:
+        return sorted({p for p in prompts if not self._file(p).exists()})
+
     def ensure(self, prompts: list[str], device: str | torch.device = "cpu", batch_size: int = 8) -> None:
-        """Encode the prompts that are not cached yet (loads T5 only if needed, frees it after)."""
-        missing = sorted({p for p in prompts if not self._file(p).exists()})
-        if not missing:
+        """Encode the prompts that are not cached yet (loads T5 only if needed, frees it after).
+
+        Processes sharing the cache (the ranks of one launch, or two runs) take turns on an ``flock``:
+        the first encodes, the others then find the files and never load T5. No collective runs while
+        the lock is held, so ranks cannot deadlock on it.
+        """
+        if not self._missing(prompts):
             return
+        with open(self.folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            missing = self._missing(prompts)
+            if missing:
+                self._encode_all(missing, device, batch_size)
+
+    def _encode_all(self, missing: list[str], device: str | torch.device, batch_size: int) -> None:
         from transformers import T5EncoderModel, T5Tokenizer
 
         tokenizer = T5Tokenizer.from_pretrained(self.model_path / "tokenizer")

@@ -18,9 +18,11 @@ scaler: the scaler's skipped steps are not counted, it lowers its scale by desig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +32,10 @@ import torch
 
 from cascade_booth import checkpoint as ckpt
 from cascade_booth.config import StageConfig
-from cascade_booth.errors import TrainingAborted
+from cascade_booth.errors import InputError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
 from cascade_booth.losses import prior_weighted_mean
+from cascade_booth.optim import InBackwardAdamW, make_optimizer
 
 
 @dataclass
@@ -75,16 +78,23 @@ class _Interrupt(StopSignals):
     """Turns SIGINT/SIGTERM into a flag checked between steps, so the run can checkpoint and stop.
 
     A second signal stops at once (KeyboardInterrupt); the checkpoint being written is then dropped.
+    The same signal again within ``ECHO_S`` is not a second one: on Ctrl-C under ``accelerate launch``
+    each process gets SIGINT from the terminal and, moments later, the same SIGINT forwarded by the launcher.
     """
+
+    ECHO_S = 2.0
 
     def __init__(self) -> None:
         super().__init__()
         self.signal: int | None = None
+        self._at = 0.0
 
     def on_signal(self, signum: int) -> None:
         if self.signal is not None:
+            if signum == self.signal and time.monotonic() - self._at < self.ECHO_S:
+                return
             raise KeyboardInterrupt
-        self.signal = signum
+        self.signal, self._at = signum, time.monotonic()
 
 
 def _warmup(steps: int) -> Callable[[int], float]:
@@ -102,11 +112,16 @@ class _Loop:
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         if cfg.gradient_checkpointing:
             job.unet.enable_gradient_checkpointing()
-        fused = self.acc.device.type == "cuda"
-        optimizer = torch.optim.AdamW(job.params, lr=cfg.lr, weight_decay=1e-2, fused=fused)
+        optimizer = make_optimizer(cfg.optimizer, job.params, cfg.lr, self.acc.device)
         self.lr_factor = _warmup(cfg.warmup_steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         self.unet, self.optimizer = self.acc.prepare(job.unet, optimizer)
+        self.in_backward = optimizer if isinstance(optimizer, InBackwardAdamW) else None
+        if self.in_backward is not None:
+            if self.acc.num_processes > 1:  # its update would run before DDP's all-reduce of the gradient
+                raise InputError("optimizer 'adamw-in-backward' works in one process only; use adamw "
+                                 "(with DeepSpeed ZeRO for memory) when training on several processes")
+            self.in_backward.attach()
         if cfg.compile:  # 1.8x faster IF-I-XL LoRA steps on an H100 (tools/gpu-results.md); slow first step
             self.unet = torch.compile(self.unet)
         self.bad_steps = 0
@@ -127,24 +142,47 @@ class _Loop:
         self.cb.events.append(f"resume: continuing from {found.folder.name}")
         return found.step
 
+    @property
+    def deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.acc.distributed_type == DistributedType.DEEPSPEED
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """accelerate's autocast. Under DeepSpeed accelerate autocasts nothing and a bf16/fp16 engine holds the
+        UNet in that dtype, so the fp32 batches are autocast to it."""
+        if not self.deepspeed:
+            return self.acc.autocast()
+        engine = self.unet
+        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
+        return torch.autocast(self.acc.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     def accumulate(self, step: int) -> float:
         """Forward and backward all micro-batches of ``step``; returns the mean loss over processes."""
         cfg, job, rank, world = self.cfg, self.job, self.acc.process_index, self.acc.num_processes
-        total = 0.0
-        for micro in range(cfg.gradient_accumulation):  # each micro-batch has its own seeded draws
-            torch.manual_seed(derive_seed(self.seed, job.name, step, micro, rank, "global"))  # e.g. dropout
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, job.name, step, micro, rank))
-            batch = job.batch((step * cfg.gradient_accumulation + micro) * world + rank, gen)
-            with self.acc.autocast():
-                per_sample = job.losses(self.unet, batch, gen)
-            loss = prior_weighted_mean(per_sample, batch.is_prior, job.prior_weight) / cfg.gradient_accumulation
-            self.acc.backward(loss)
+        accum, total = cfg.gradient_accumulation, 0.0
+        for micro in range(accum):
+            # Data and draws depend on the global micro-batch index alone, so N processes x A micro-batches
+            # train on exactly the batches of one process x N*A micro-batches (the same global batch). The
+            # trailing 0, 0 keep the draws of one process without accumulation what they always were.
+            index = (step * accum + micro) * world + rank
+            torch.manual_seed(derive_seed(self.seed, job.name, index, 0, 0, "global"))  # e.g. dropout
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, job.name, index, 0, 0))
+            batch = job.batch(index, gen)
+            last = micro == accum - 1  # gradients are all-reduced once per step, after the last micro-batch
+            with contextlib.nullcontext() if last else self.acc.no_sync(self.unet):
+                with self._autocast():
+                    per_sample = job.losses(self.unet, batch, gen)
+                loss = prior_weighted_mean(per_sample, batch.is_prior, job.prior_weight) / accum
+                self.acc.backward(loss)
             total += loss.detach().float()
         return self.acc.reduce(torch.as_tensor(total, device=self.acc.device), reduction="mean").item()
 
     def apply(self, loss: float) -> str | None:
         """Clip and apply the gradients; returns why nothing was applied (None if it was)."""
         problem = None if math.isfinite(loss) else "non-finite loss"
+        if self.in_backward is not None and self.in_backward.nonfinite_step():
+            problem = problem or "non-finite gradients"  # the hooks left those parameters unchanged
         if problem is None:
             max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
             norm = self.acc.clip_grad_norm_(self.job.params, max_norm)
@@ -153,7 +191,7 @@ class _Loop:
                 self.optimizer.step()  # a fused AdamW skips inside its kernel: only the lowered scale tells
                 skipped = self.optimizer.step_was_skipped or self.acc.scaler.get_scale() < scale
                 problem = "fp16 gradient overflow (scaler)" if skipped else None
-            elif norm is not None and not bool(torch.isfinite(norm)):
+            elif norm is not None and not bool(torch.isfinite(torch.as_tensor(norm))):  # DeepSpeed: a float
                 problem = "non-finite gradients"
             else:
                 self.optimizer.step()
@@ -176,6 +214,8 @@ class _Loop:
             )
 
     def save(self, done: int) -> None:
+        if self.deepspeed:  # train() keeps periodic checkpoints off; a stop signal ends the run without one
+            raise TrainingAborted(f"{self.job.name}: stopped at step {done}; DeepSpeed runs write no checkpoint")
         if self.acc.is_main_process:
             path = ckpt.save(self.root, done, self.job, self.optimizer, self.schedule, self.cfg, self.bad_steps,
                              self.acc.scaler)
@@ -203,8 +243,24 @@ class _Loop:
             self.cb.on_validation(self.acc.unwrap_model(self.unet), done)
 
 
+def _check_deepspeed(cfg: StageConfig, resume: bool) -> None:
+    """Refuse, before any model is wrapped, what does not work under ``accelerate launch`` with DeepSpeed."""
+    from accelerate.utils import parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") or not torch.cuda.is_available():
+        return  # accelerate ignores DeepSpeed on CPU (the trainer's Accelerator has cpu=True there)
+    problems = []
+    if cfg.gradient_accumulation > 1:  # DeepSpeed counts micro-batches and steps on its own schedule
+        problems.append("gradient_accumulation must be 1 (use more GPUs or a larger batch_size)")
+    if cfg.checkpoint_every or resume:  # ZeRO shards the optimizer state; our checkpoints hold it whole
+        problems.append("checkpoints and --resume are not supported: set --checkpoint-every 0")
+    if problems:
+        raise InputError("under DeepSpeed, " + "; ".join(problems))
+
+
 def train(job: Job, cfg: StageConfig, ckpt_root: Path, seed: int, resume: bool, cb: Callbacks) -> int:
     """Run ``cfg.steps`` optimizer steps of ``job``; returns the last step reached."""
+    _check_deepspeed(cfg, resume)
     loop = _Loop(job, cfg, ckpt_root, seed, cb)
     start = loop.restore() if resume else 0
     if start >= cfg.steps:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cascade_booth import parallel
 from cascade_booth.diffusion import training_losses
 from cascade_booth.lora import add_lora
 from cascade_booth.models import cache_dir, resolve_model
@@ -20,7 +21,7 @@ from cascade_booth.prior import class_images
 from cascade_booth.session import RunContext, TrainRequest, device, open_run
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
-from stages.common import EpochOrder, finish_stage, load_unet, open_rgb, stack_images
+from stages.common import EpochOrder, LossLog, finish_stage, load_unet, open_rgb, stack_images
 
 NAME = "base"
 
@@ -68,6 +69,7 @@ def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path
     from diffusers import UNet2DConditionModel
 
     cfg = req.config
+    parallel.init()  # under a launcher: join the process group before the run folder is touched
     model_path = resolve_model(cfg.model.base, stage=1)
     resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
     ctx = open_run(req, NAME, model_path, min_size=resolution)
@@ -82,7 +84,7 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
     from diffusers import DDPMScheduler
 
     cfg = req.config
-    if req.force and not req.resume:
+    if req.force and not req.resume and parallel.is_main():  # the others read nothing of it before training
         shutil.rmtree(ctx.run.stage_dir(NAME), ignore_errors=True)
     dev = device()
     texts = TextEmbeddings(model_path, cache_dir())
@@ -139,10 +141,11 @@ def run(req: TrainRequest, callbacks: Callbacks | None = None, progress=None) ->
     ctx, job, model_path = prepare(req, progress)
     cfg = req.config.base
     callbacks = callbacks or Callbacks()
-    if cfg.validation_every and callbacks.on_validation is None:
+    if cfg.validation_every and callbacks.on_validation is None and parallel.is_main():
         callbacks.on_validation = make_validator(ctx, job, model_path, req.config)
     try:
-        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume, callbacks)
+        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume,
+              LossLog.attach(callbacks, ctx.run.stage_dir(NAME)))
         finish_stage(ctx, NAME, job.unet, cfg, model_path, extra={"prior": req.config.prior.enabled})
     finally:
         ctx.run.unlock()

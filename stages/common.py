@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -10,13 +13,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cascade_booth import parallel
 from cascade_booth.config import StageConfig
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
 from cascade_booth.models import load_pretrained
-from cascade_booth.runfolder import WriteError
+from cascade_booth.runfolder import WriteError, atomic_path
 from cascade_booth.session import RunContext
-from cascade_booth.trainer import derive_seed
+from cascade_booth.trainer import Callbacks, derive_seed
 
 
 class EpochOrder:
@@ -100,6 +104,11 @@ def _write_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> lis
 
 
 def finish_stage(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
+    """Write the final weights and mark the stage done: on the main process; the others wait for it."""
+    parallel.main_first(lambda: _finish(ctx, name, unet, cfg, model_path, extra), lambda: None)
+
+
+def _finish(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
     files = save_stage_weights(unet, ctx.run.stage_dir(name), cfg.full)
     meta = ctx.run.read()
     meta.setdefault("stages", {})[name] = {
@@ -110,4 +119,47 @@ def finish_stage(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path:
     ctx.run.write(meta)
 
 
-__all__ = ["EpochOrder", "add_lora", "finish_stage", "load_unet", "open_rgb", "stack_images"]
+class LossLog:
+    """``RUN/<stage>/losses.jsonl``: one line per optimizer step, ``{"step", "loss", "lr"}``, main process only.
+
+    The loss is the step's mean over all micro-batches and processes (null for a skipped, non-finite
+    step). On resume the lines past the restored step are dropped first, so the file always tells the
+    history of the weights that were trained.
+    """
+
+    FILE = "losses.jsonl"
+
+    def __init__(self, folder: Path):
+        self.path = folder / self.FILE
+
+    @classmethod
+    def attach(cls, callbacks: Callbacks, folder: Path) -> Callbacks:
+        """``callbacks`` with the log chained after its ``on_start`` / ``on_step`` (unchanged off the main process)."""
+        if not parallel.is_main():
+            return callbacks
+        log, start, step = cls(folder), callbacks.on_start, callbacks.on_step
+
+        def on_start(first: int, total: int) -> None:
+            log.start(first)
+            if start:
+                start(first, total)
+
+        def on_step(done: int, loss: float, lr: float) -> None:
+            log.step(done, loss, lr)
+            if step:
+                step(done, loss, lr)
+
+        return dataclasses.replace(callbacks, on_start=on_start, on_step=on_step)
+
+    def start(self, first: int) -> None:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= first]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+
+    def step(self, done: int, loss: float, lr: float) -> None:
+        with self.path.open("a") as out:  # appended and flushed per step: a crash loses no finished line
+            out.write(json.dumps({"step": done, "loss": loss if math.isfinite(loss) else None, "lr": lr}) + "\n")
+
+
+__all__ = ["EpochOrder", "LossLog", "add_lora", "finish_stage", "load_unet", "open_rgb", "stack_images"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from cascade_booth import parallel
 from cascade_booth.config import Config, apply_overrides, from_dict, load_config, validate
 from cascade_booth.diffusion import sr_condition, training_losses
 from cascade_booth.errors import InputError, ModelNotFoundError, RunError
@@ -33,7 +34,7 @@ from cascade_booth.runfolder import RunFolder, checkpoint_steps
 from cascade_booth.session import RunContext, check_resume, device, load_subject, subject_fingerprint
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
-from stages.common import EpochOrder, finish_stage, load_unet, stack_images
+from stages.common import EpochOrder, LossLog, finish_stage, load_unet, stack_images
 
 NAME = "sr"
 
@@ -191,6 +192,15 @@ def _check_start(run: RunFolder, meta: dict[str, Any], record: dict[str, Any], r
                        f"or delete {folder} to train stage two from scratch")
 
 
+def _lock_and_write(run: RunFolder, meta: dict[str, Any]) -> None:
+    run.lock()
+    try:
+        run.write(meta)
+    except BaseException:
+        run.unlock()
+        raise
+
+
 def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
     """Validate everything, lock the run, then build the SR UNet, pairs and embeddings.
 
@@ -198,6 +208,7 @@ def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
     """
     from diffusers import DDPMScheduler
 
+    parallel.init()  # under a launcher: join the process group before the run folder is touched
     run = RunFolder(req.run)
     meta = run.read()
     base = finished_stage_one(run, meta)
@@ -208,10 +219,9 @@ def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
     images, warnings = load_pairs(meta, base_res, sr_res, req.allow_drift)
     record = _record(meta, cfg, model_path, base_res, sr_res, images)
     _check_start(run, meta, record, req)
-    run.lock()
+    meta.setdefault("stages", {})[NAME] = {"done": False, **record}
+    parallel.main_first(lambda: _lock_and_write(run, meta), lambda: None)  # the others keep this meta in memory
     try:
-        meta.setdefault("stages", {})[NAME] = {"done": False, **record}
-        run.write(meta)
         texts = TextEmbeddings(text_model_path(meta), cache_dir())
         texts.ensure([record["prompt_text"]], device=device())
         unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
@@ -233,7 +243,8 @@ def run(req: SRRequest, callbacks: Callbacks | None = None, progress=None) -> Ru
     ctx, job, cfg = prepare(req, progress)
     record = ctx.meta["stages"][NAME]
     try:
-        train(job, cfg.sr, ctx.run.checkpoint_root(NAME), cfg.seed, req.resume, callbacks or Callbacks())
+        train(job, cfg.sr, ctx.run.checkpoint_root(NAME), cfg.seed, req.resume,
+              LossLog.attach(callbacks or Callbacks(), ctx.run.stage_dir(NAME)))
         extra = {k: v for k, v in record.items() if k not in ("done", "model_path")}
         finish_stage(ctx, NAME, job.unet, cfg.sr, Path(record["model_path"]), extra=extra)
     finally:
