@@ -57,3 +57,24 @@ def test_cli_overrides_win_over_file_values():
     assert cfg.base.steps == 9 and cfg.base.lr == load_config("tiny").base.lr
     with pytest.raises(InputError, match="lora_rank"):
         apply_overrides(cfg, "base", lora_rank=0)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load_and_point_at_shipped_files(path: Path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 2 and cfg.num_machines == 1
+    ds_file = (cfg.deepspeed_config or {}).get("deepspeed_config_file")
+    if ds_file is not None:  # relative to the repository root, where the README runs it from
+        assert (CONFIG_DIR.parent / ds_file).is_file()
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "accelerate").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_deepspeed_configs_are_zero2_and_follow_our_flags(path: Path):
+    import json
+
+    ds = json.loads(path.read_text())
+    assert ds["zero_optimization"]["stage"] == 2  # ZeRO-3 would shard the weights our saving reads whole
+    assert ds["gradient_accumulation_steps"] == 1  # the trainer refuses accumulation under DeepSpeed
+    assert ds["bf16"]["enabled"] == "auto"  # follows --mixed-precision
