@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cascade_booth.clikit import TqdmCallbacks, class_progress, friendly
-from cascade_booth.config import Config, apply_overrides, load_config
+from cascade_booth.config import MIXED_PRECISION, OPTIMIZERS, Config, apply_overrides, load_config
 
 DATA = Path(__file__).parent / "data"
 
@@ -54,9 +54,9 @@ def common_train_options(fn):
         click.option("--lora-rank", type=int), click.option("--full/--lora", "full", default=None,
                                                              help="Full fine-tune instead of LoRA."),
         click.option("--seed", type=int), click.option("--checkpoint-every", type=int),
-        click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"])),
+        click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION)),
         click.option("--compile/--no-compile", "compile_unet", default=None, help="torch.compile the UNet."),
-        click.option("--optimizer", type=click.Choice(["adamw", "adamw-in-backward"]),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS),
                      help="adamw-in-backward: update inside backward, bf16 moments (full fine-tunes in less memory)."),
         click.option("--max-grad-norm", type=float, help="Clip the global gradient norm (0: no clipping)."),
         click.option("--gradient-checkpointing/--no-gradient-checkpointing", "checkpointing", default=None,

@@ -24,6 +24,7 @@ else:  # pragma: no cover
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw-in-backward")  # built by cascade_booth.optim.make_optimizer
 
 
 @dataclass
@@ -153,7 +154,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 def validate(cfg: Config, where: str = "config") -> Config:
     """Range checks that apply whatever the source of the values."""
-    from cascade_booth.optim import OPTIMIZERS, in_backward_problems  # imports torch: only when checking
+    from cascade_booth.optim import in_backward_problems  # imports torch: only when checking
 
     problems = []
     for name in ("base", "sr"):
@@ -167,8 +168,8 @@ def validate(cfg: Config, where: str = "config") -> Config:
             problems.append(f"[{name}] mixed_precision must be one of {MIXED_PRECISION}")
         if stage.optimizer not in OPTIMIZERS:
             problems.append(f"[{name}] optimizer must be one of {OPTIMIZERS}, got '{stage.optimizer}'")
-        problems += [f"[{name}] {p}" for p in in_backward_problems(
-            stage.optimizer, stage.gradient_accumulation, stage.max_grad_norm, stage.mixed_precision)]
+        # processes=1: the number of processes is the trainer's to check, for the stage that trains
+        problems += [f"[{name}] {p}" for p in in_backward_problems(stage, processes=1)]
         if stage.variance not in ("learned", "fixed"):
             problems.append(f"[{name}] variance must be 'learned' or 'fixed'")
         if stage.checkpoint_every < 0 or stage.validation_every < 0:

@@ -15,11 +15,12 @@ accumulation or the all-reduce has finished), and fp16 (no grad scaler can unsca
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-OPTIMIZERS = ("adamw", "adamw-in-backward")
+if TYPE_CHECKING:
+    from cascade_booth.config import StageConfig
 
 
 class InBackwardAdamW(torch.optim.Optimizer):
@@ -107,17 +108,19 @@ def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, d
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
 
 
-def in_backward_problems(optimizer: str, gradient_accumulation: int, max_grad_norm: float,
-                         mixed_precision: str) -> list[str]:
+def in_backward_problems(stage: StageConfig, processes: int) -> list[str]:
     """Settings that cannot work with an update inside backward (see the module docstring)."""
-    if optimizer != "adamw-in-backward":
+    if stage.optimizer != "adamw-in-backward":
         return []
     problems = []
-    if gradient_accumulation != 1:
+    if stage.gradient_accumulation != 1:
         problems.append("optimizer 'adamw-in-backward' needs gradient_accumulation = 1")
-    if max_grad_norm > 0:
+    if stage.max_grad_norm > 0:
         problems.append("optimizer 'adamw-in-backward' cannot clip the global gradient norm "
                         "(the gradients never exist together): set max_grad_norm = 0")
-    if mixed_precision == "fp16":
+    if stage.mixed_precision == "fp16":
         problems.append("optimizer 'adamw-in-backward' does not support fp16 (no grad scaler): use bf16")
+    if processes > 1:  # its update would run before DDP's all-reduce of the gradient
+        problems.append("optimizer 'adamw-in-backward' works in one process only; use adamw "
+                        "(with DeepSpeed ZeRO for memory) when training on several processes")
     return problems

@@ -109,8 +109,6 @@ OPERATIONAL = {"checkpoint_every", "keep_checkpoints", "validation_every", "max_
 def _learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
     # A setting added to the package after the run was recorded counts as its default, which is how
     # the run was trained: updating cascade-booth must not turn a resume into "drift".
-    from cascade_booth.config import Config
-
     config, defaults = meta.get("config", {}), Config().to_dict()
     recorded = {**defaults[stage], **(config.get(stage) or {})}
     stage_cfg = {k: v for k, v in recorded.items() if k not in OPERATIONAL}

@@ -35,7 +35,7 @@ from cascade_booth.config import StageConfig
 from cascade_booth.errors import InputError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
 from cascade_booth.losses import prior_weighted_mean
-from cascade_booth.optim import InBackwardAdamW, make_optimizer
+from cascade_booth.optim import InBackwardAdamW, in_backward_problems, make_optimizer
 
 
 @dataclass
@@ -110,6 +110,9 @@ class _Loop:
 
         self.job, self.cfg, self.root, self.seed, self.cb = job, cfg, root, seed, cb
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        problems = in_backward_problems(cfg, self.acc.num_processes)  # the config checked all but the processes
+        if problems:
+            raise InputError("; ".join(problems))
         if cfg.gradient_checkpointing:
             job.unet.enable_gradient_checkpointing()
         optimizer = make_optimizer(cfg.optimizer, job.params, cfg.lr, self.acc.device)
@@ -118,9 +121,6 @@ class _Loop:
         self.unet, self.optimizer = self.acc.prepare(job.unet, optimizer)
         self.in_backward = optimizer if isinstance(optimizer, InBackwardAdamW) else None
         if self.in_backward is not None:
-            if self.acc.num_processes > 1:  # its update would run before DDP's all-reduce of the gradient
-                raise InputError("optimizer 'adamw-in-backward' works in one process only; use adamw "
-                                 "(with DeepSpeed ZeRO for memory) when training on several processes")
             self.in_backward.attach()
         if cfg.compile:  # 1.8x faster IF-I-XL LoRA steps on an H100 (tools/gpu-results.md); slow first step
             self.unet = torch.compile(self.unet)

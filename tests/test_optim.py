@@ -120,6 +120,15 @@ def test_config_rejects_settings_that_cannot_work(change, culprit):
         validate(cfg)
 
 
+def test_several_processes_are_refused_by_the_trainers_check():
+    from cascade_booth.optim import in_backward_problems
+
+    cfg = load_config("tiny").base
+    cfg.optimizer, cfg.max_grad_norm = "adamw-in-backward", 0.0
+    assert in_backward_problems(cfg, processes=1) == []
+    assert any("one process only" in p for p in in_backward_problems(cfg, processes=2))
+
+
 def test_full_fine_tune_in_backward_resumes_bitwise(tmp_path, env):
     cfg = dict(full=True, optimizer="adamw-in-backward", max_grad_norm=0.0, lr=1e-5)
     straight = train(tmp_path / "straight", config(**cfg))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from if_configs import build_unet, param_count, resolve  # noqa: E402
 
-from cascade_booth.config import StageConfig, validate  # noqa: E402
+from cascade_booth.config import OPTIMIZERS, StageConfig, validate  # noqa: E402
 from cascade_booth.diffusion import training_losses  # noqa: E402
 from cascade_booth.lora import add_lora  # noqa: E402
 from cascade_booth.trainer import Batch, Callbacks, train  # noqa: E402
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="IF-I-XL-v1.0")
     p.add_argument("--full", action="store_true")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw-in-backward"])
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true")
