@@ -33,7 +33,8 @@ def render_meta(plan: Plan, i: int, j: int, image: Image.Image) -> dict[str, Any
     stages = [s for s in (plan.base, plan.sr) if s is not None]
     last = "upscale" if plan.upscaler is not None else stages[-1].name
     return {
-        "prompt": plan.prompts[i], "prompt_template": plan.templates[i], "kind": "instance",
+        "prompt": plan.prompts[i], "prompt_template": plan.templates[i],
+        "kind": plan.kinds[i] if plan.kinds else "instance",
         "identifier": plan.meta["identifier"], "class_noun": plan.meta.get("class_noun"), "seed": plan.seed + j,
         "prompt_index": i, "image_index": j, "stage": STAGE_NUMBER[last], "stage_name": last,
         "width": image.width, "height": image.height,

@@ -28,6 +28,7 @@ import torch
 
 from cascade_booth.config import Config, from_dict
 from cascade_booth.errors import InputError, RunError
+from cascade_booth.evaluation.prompts import class_prompt
 from cascade_booth.identifier import fill_identifier
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.models import cache_dir, load_pretrained, resolve_model
@@ -59,6 +60,7 @@ class RenderRequest:
     upscale: bool = False
     batch_size: int = 4
     warn: Warn | None = None  # default: print "warning: ..." on stderr
+    class_prompts: bool = False  # also each prompt without [V], kind "class": PRES samples (paper section 4.1)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Plan:
     sr: StagePlan | None
     upscaler: Path | None
     warnings: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # per prompt: "instance" ([V]) or "class"; empty: all instance
 
 
 def read_prompts(req: RenderRequest) -> list[str]:
@@ -182,6 +185,10 @@ def plan_render(req: RenderRequest) -> Plan:
     cfg = from_dict(Config, meta.get("config", {}), f"{run.meta_file} config")
     templates = read_prompts(req)
     prompts = [fill_identifier(t, meta["identifier"]) for t in templates]
+    kinds = ["instance"] * len(templates)
+    if req.class_prompts:  # one sampling pass (one load of each stage) for both kinds
+        extra = list(dict.fromkeys(class_prompt(t) for t in templates))
+        templates, prompts, kinds = templates + extra, prompts + extra, kinds + ["class"] * len(extra)
     num_images = cfg.render.num_images if req.num_images is None else req.num_images
     if num_images < 1 or (req.steps is not None and req.steps < 1):
         raise InputError("--num-images and --steps must be >= 1")
@@ -190,7 +197,7 @@ def plan_render(req: RenderRequest) -> Plan:
     sr = plan_sr(run, meta, cfg, req, notes)
     upscaler = plan_upscaler(cfg, req)
     out = Path(req.out) if req.out is not None else run.path / "renders"
-    return Plan(run, meta, templates, prompts, out, num_images, req.seed, base, sr, upscaler, notes)
+    return Plan(run, meta, templates, prompts, out, num_images, req.seed, base, sr, upscaler, notes, kinds)
 
 
 def load_stage_unet(stage: StagePlan, device: torch.device, dtype: torch.dtype):

@@ -184,3 +184,13 @@ def test_png_chunks_and_sidecar_keep_any_prompt(tmp_path):
     assert chunks["prompt"] == meta["prompt"] and chunks["seed"] == "3" and json.loads(chunks["steps"]) == {"base": 2}
     assert json.loads(path.with_suffix(".json").read_text()) == {"image": "x.png", **meta}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.png"]  # no temporary files left
+
+
+def test_class_prompts_follow_the_instance_prompts_and_are_marked(stage_one, tmp_path):
+    from cascade_booth.runner import plan_render
+
+    req = _req(stage_one, "a [V] clock on the beach", "a [V] clock", out=tmp_path / "r", class_prompts=True)
+    plan = plan_render(req)
+    assert plan.templates[2:] == plan.prompts[2:] == ["a clock on the beach", "a clock"]
+    assert plan.kinds == ["instance", "instance", "class", "class"]
+    assert plan_render(_req(stage_one, "a [V] clock", out=tmp_path / "r")).kinds == ["instance"]
