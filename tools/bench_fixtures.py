@@ -149,7 +149,9 @@ def make_subject(folder: Path, size: int) -> None:
 
 def write_config(path: Path, setup: Setup, variance: str, sampler: str = "ddpm", sample_steps: int = 2,
                  class_images: int = N_CLASS, sample_batch: int = N_CLASS, compile_unet: bool = False) -> Path:
-    """A cascade-booth TOML: both stages' training settings and the class-image sampler."""
+    """A cascade-booth TOML: both stages' training settings (the same for each) and the class-image sampler."""
+    stage = (f"batch_size = 1\nlr = {LR}\nlora_rank = {RANK}\nvariance = \"{variance}\"\ncheckpoint_every = 0\n"
+             f"validation_every = 0\ncompile = {str(compile_unet).lower()}\n")
     path.write_text(
         f"""seed = 0
 [model]
@@ -163,22 +165,8 @@ sample_steps = {sample_steps}
 guidance = 7.0
 batch_size = {sample_batch}
 [base]
-batch_size = 1
-lr = {LR}
-lora_rank = {RANK}
-variance = "{variance}"
-checkpoint_every = 0
-validation_every = 0
-compile = {str(compile_unet).lower()}
-[sr]
-batch_size = 1
-lr = {LR}
-lora_rank = {RANK}
-variance = "{variance}"
-checkpoint_every = 0
-validation_every = 0
-compile = {str(compile_unet).lower()}
-""",
+{stage}[sr]
+{stage}""",
         encoding="utf-8",
     )
     return path
