@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from cascade_booth import parallel
+from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import PriorConfig
 from cascade_booth.errors import BoothError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
@@ -57,6 +58,7 @@ def load_sampling_pipeline(model_path: Path, sampler: str, device: str | torch.d
     if sampler == "dpm++":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     pipe.set_progress_bar_config(disable=True)
+    cache_text_conditioning(pipe.unet)  # every denoising step reads the same two prompts
     return pipe.to(device)
 
 

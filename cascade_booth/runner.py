@@ -26,6 +26,7 @@ from typing import Any
 import click
 import torch
 
+from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import Config, from_dict
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.evaluation.prompts import class_prompt
@@ -213,6 +214,7 @@ def load_stage_unet(stage: StagePlan, device: torch.device, dtype: torch.dtype):
         if stage.weights is not None:
             state = {k.removeprefix("unet."): v for k, v in load_file(str(stage.weights)).items()}
             unet.load_lora_adapter(convert_unet_state_dict_to_peft(state), prefix=None, adapter_name="cascade-booth")
+    cache_text_conditioning(unet)  # the prompts are fixed for all denoising steps
     return unet.to(device, dtype).eval()
 
 

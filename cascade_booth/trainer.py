@@ -31,6 +31,7 @@ from typing import Protocol
 import torch
 
 from cascade_booth import checkpoint as ckpt
+from cascade_booth.condcache import uncache_text_conditioning
 from cascade_booth.config import StageConfig
 from cascade_booth.errors import InputError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
@@ -123,6 +124,7 @@ class _Loop:
         if self.in_backward is not None:
             self.in_backward.attach()
         if cfg.compile:  # 1.8x faster IF-I-XL LoRA steps on an H100 (tools/gpu-results.md); slow first step
+            uncache_text_conditioning(job.unet)  # its row lookups would break the graph (measured without it)
             self.unet = torch.compile(self.unet)
         self.bad_steps = 0
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from cascade_booth import parallel
+from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import StageConfig
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
@@ -71,6 +72,7 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "lora-init"))
             params = add_lora(unet, cfg.lora_rank)
+        cache_text_conditioning(unet)  # its text branches stay frozen: each prompt computed once
     unet.to(device)
     unet.train()
     return unet, params
