@@ -25,13 +25,9 @@ def _config(config: str | None, model: str | None, seed: int | None) -> Config:
 
 def _train_stage(stage: str, label: str, request) -> None:
     from cascade_booth import parallel
-    from stages import get_stage
+    from stages import run_stage
 
-    progress = TqdmCallbacks(label)
-    try:
-        ctx = get_stage(stage).run(request, progress.build(), progress=class_progress())
-    finally:
-        progress.close()
+    ctx = run_stage(stage, request, TqdmCallbacks(label), class_progress())
     if not parallel.is_main():  # under a launcher the main process speaks for all
         return
     for warning in ctx.warnings:

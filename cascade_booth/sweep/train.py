@@ -29,15 +29,10 @@ def _stage_done(run: Path, stage: str) -> bool:
 
 
 def _train(stage: str, request: Any, label: str, hooks: SweepHooks) -> None:
-    from stages import get_stage
+    from stages import run_stage
 
-    bar = hooks.trainer(label) if hooks.trainer else None
-    progress = hooks.class_progress() if hooks.class_progress else None
-    try:
-        ctx = get_stage(stage).run(request, bar.build() if bar else None, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+    ctx = run_stage(stage, request, hooks.trainer(label) if hooks.trainer else None,
+                    hooks.class_progress() if hooks.class_progress else None)
     for warning in ctx.warnings:
         hooks.echo(f"warning: {warning}")
 
