@@ -19,13 +19,30 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except BoothError as err:
-            click.secho(f"error: {err}", fg="red", err=True)
+            report_error(err)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.secho("interrupted", fg="red", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def report_error(err: BoothError) -> None:
+    """Print ``err`` once per launch: under a launcher every process runs the same command.
+
+    The main process reports everything. Another process stays quiet about bad input (every process
+    validates the same flags and files, so the main process says the same) and about the main
+    process's own failure; anything else happened to it alone and is printed with its rank.
+    """
+    from cascade_booth import parallel
+    from cascade_booth.errors import InputError, ModelNotFoundError
+
+    rank = parallel.launched_rank()
+    if rank == 0:
+        click.secho(f"error: {err}", fg="red", err=True)
+    elif not isinstance(err, InputError | ModelNotFoundError | parallel.MainProcessFailed):
+        click.secho(f"error (process {rank}): {err}", fg="red", err=True)
 
 
 class TqdmCallbacks:

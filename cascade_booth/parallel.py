@@ -38,6 +38,12 @@ def launched() -> bool:
     return launched_world_size() > 1
 
 
+def launched_rank() -> int:
+    """This process's global rank as the launcher set it (``RANK``), also before any process group exists."""
+    value = os.environ.get("RANK", "").strip()
+    return int(value) if value.isdigit() and launched() else rank()
+
+
 def local_rank() -> int:
     """This process's index on its machine (``LOCAL_RANK``; 0 when not launched)."""
     value = os.environ.get("LOCAL_RANK", "").strip()

@@ -87,3 +87,24 @@ def test_pickled_model_weights_are_refused_by_default(tmp_path: Path, clock_subj
     weights.unlink()
     out = _run(_base(clock_subject, tmp_path / "run", "--model", str(model), "--no-prior"))
     assert "diffusion_pytorch_model.bin" in out and "--allow-pickle" in out
+
+
+@pytest.mark.parametrize(
+    ("rank", "error", "expected"),
+    [
+        ("0", "input", "error: bad flag"),
+        ("1", "input", ""),  # every process validated the same input: the main process says it
+        ("1", "main", ""),  # the main process reports its own failure
+        ("1", "run", "error (process 1): disk gone"),  # this process alone saw it
+    ],
+)
+def test_launched_processes_report_an_error_once(monkeypatch, capsys, rank, error, expected):
+    from cascade_booth.clikit import report_error
+    from cascade_booth.errors import InputError, RunError
+    from cascade_booth.parallel import MainProcessFailed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    err = {"input": InputError("bad flag"), "main": MainProcessFailed("stopped"), "run": RunError("disk gone")}[error]
+    report_error(err)
+    assert capsys.readouterr().err.strip() == expected
