@@ -9,7 +9,8 @@ step or a denoising step recomputes them for every sample. A DreamBooth run has 
 
 On the CPU benchmark's 87.5M UNet the pooling is ~10 of ~125 GFLOP per stage-one step and streams
 192 MB of weights; on IF-I-XL it is negligible beside the UNet, and the lookup costs a few element-wise
-compares per sample.
+compares per sample (a sampler passing the same tensor at every step skips even those, so the cache
+never waits for the GPU there).
 
 The cache patches the two modules' ``forward`` on the instance, so module names, state dicts, saved
 adapters and checkpoints are unchanged. Each row is computed alone, so its output is the same whatever
@@ -32,6 +33,7 @@ class _RowMemo:
         self.compute = module.forward
         self.capacity = capacity
         self.entries: list[tuple[tuple, torch.Tensor, torch.Tensor]] = []  # (context, input row, output row)
+        self.last: tuple | None = None  # (input tensor, its version, context, output) of the latest call
 
     def _context(self, x: torch.Tensor) -> tuple:
         """What besides the input decides the output: the weights (storage and in-place version, so an
@@ -53,6 +55,8 @@ class _RowMemo:
         if args or kwargs or needs_graph or x.requires_grad or x.dim() < 2:
             return self.compute(x, *args, **kwargs)
         context = self._context(x)
+        if self.last is not None and self.last[0] is x and self.last[1:3] == (x._version, context):
+            return self.last[3]  # a sampler passes the same tensor every step: no compare, no device sync
         rows = []
         for row in x:
             out = self._find(context, row)
@@ -62,7 +66,9 @@ class _RowMemo:
                 self.entries.append((context, row.detach().clone(), out))
                 del self.entries[:-self.capacity]
             rows.append(out)
-        return torch.stack(rows)
+        out = torch.stack(rows)
+        self.last = (x, x._version, context, out)  # holding x keeps its memory from being reused
+        return out
 
 
 def cache_text_conditioning(unet: torch.nn.Module) -> list[str]:

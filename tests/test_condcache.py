@@ -138,3 +138,20 @@ def test_weights_changed_in_place_invalidate_rows():
         after = _out(unet, text)
     assert counter.rows == 2
     assert not torch.allclose(before, after)
+
+
+def test_same_tensor_changed_in_place_is_not_served_stale():
+    """The fast path for a sampler's unchanged prompt tensor checks its in-place version."""
+    unet = _unet().requires_grad_(False)
+    cache_text_conditioning(unet)
+    counter = _Counter(unet.add_embedding)
+    text = torch.randn(2, 77, T5_DIM)
+    with torch.no_grad():
+        first = _out(unet, text)
+        assert torch.equal(_out(unet, text), first)  # same tensor, same step inputs: served from the cache
+        text.mul_(0.5)
+        changed = _out(unet, text)
+        uncache_text_conditioning(unet)
+        expected = _out(unet, text)
+    assert counter.rows == 4
+    torch.testing.assert_close(changed, expected, rtol=1e-5, atol=1e-5)
