@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -127,31 +128,21 @@ def test_state_dict_unchanged_and_uncache():
     assert counter.rows == 2
 
 
-def test_weights_changed_in_place_invalidate_rows():
-    unet = _unet().requires_grad_(False)
-    cache_text_conditioning(unet)
-    counter = _Counter(unet.add_embedding)
-    text = torch.randn(1, 77, T5_DIM)
-    with torch.no_grad():
-        before = _out(unet, text)
-        unet.add_embedding.proj.weight.mul_(2.0)  # what an optimizer step or load_state_dict does
-        after = _out(unet, text)
-    assert counter.rows == 2
-    assert not torch.allclose(before, after)
-
-
-def test_same_tensor_changed_in_place_is_not_served_stale():
-    """The fast path for a sampler's unchanged prompt tensor checks its in-place version."""
+@pytest.mark.parametrize("change", ["weights", "prompt"])
+def test_in_place_changes_are_never_served_stale(change):
+    """Weights changed in place (an optimizer step, ``load_state_dict``) or the very prompt tensor a
+    sampler reuses, changed in place (the fast path's same-tensor check), are computed afresh."""
     unet = _unet().requires_grad_(False)
     cache_text_conditioning(unet)
     counter = _Counter(unet.add_embedding)
     text = torch.randn(2, 77, T5_DIM)
     with torch.no_grad():
         first = _out(unet, text)
-        assert torch.equal(_out(unet, text), first)  # same tensor, same step inputs: served from the cache
-        text.mul_(0.5)
+        assert torch.equal(_out(unet, text), first)  # unchanged: served from the cache
+        (unet.add_embedding.proj.weight if change == "weights" else text).mul_(0.5)
         changed = _out(unet, text)
         uncache_text_conditioning(unet)
         expected = _out(unet, text)
     assert counter.rows == 4
+    assert not torch.allclose(changed, first)
     torch.testing.assert_close(changed, expected, rtol=1e-5, atol=1e-5)
