@@ -113,7 +113,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _suggest(key: str, options: list[str]) -> str:
+def suggest(key: str, options: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest option to a mistyped ``key``, or ``""``."""
     close = difflib.get_close_matches(key, options, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -141,7 +142,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in names:
-            raise InputError(f"{where}: unknown key '{key}'{_suggest(key, names)}")
+            raise InputError(f"{where}: unknown key '{key}'{suggest(key, names)}")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):

@@ -27,7 +27,6 @@ every point's config (:func:`cascade_booth.config.validate`) are errors naming t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from cascade_booth.config import Config, from_dict, load_config, validate
+from cascade_booth.config import Config, from_dict, load_config, suggest, validate
 from cascade_booth.errors import InputError
 from cascade_booth.evaluation.extractors import DEFAULT_CLIP, DEFAULT_DINO
 
@@ -93,11 +92,6 @@ class Point:
     class_noun: str
 
 
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def config_fields() -> dict[str, type]:
     """Every sweepable config field as ``section.field`` (or ``seed``) -> its type."""
     out: dict[str, type] = {}
@@ -120,7 +114,7 @@ def field_type(key: str, where: str) -> type:
     if key in sections:
         example = next(k for k in fields if k.startswith(f"{key}."))
         raise InputError(f"{where}: '{key}' is a config section: name one of its fields, e.g. '{example}'")
-    raise InputError(f"{where}: unknown key '{key}'{_suggest(key, [*fields, CLASS_NOUN])} "
+    raise InputError(f"{where}: unknown key '{key}'{suggest(key, [*fields, CLASS_NOUN])} "
                      "(keys are config fields such as 'base.lr', 'prior.enabled', 'sr.noise_level', or 'class_noun')")
 
 
@@ -174,7 +168,7 @@ def build_spec(data: dict[str, Any], where: str = "sweep spec") -> SweepSpec:
     """Check a spec dict (from :func:`load_spec` and CLI flags) and return a :class:`SweepSpec`."""
     for key in data:
         if key not in TOP_TYPES:
-            raise InputError(f"{where}: unknown key '{key}'{_suggest(key, list(TOP_TYPES))}")
+            raise InputError(f"{where}: unknown key '{key}'{suggest(key, list(TOP_TYPES))}")
     for key in ("fixed", "grid"):
         if not isinstance(data.get(key, {}), dict):
             raise InputError(f"{where}: '{key}' must be a table ([{key}])")
