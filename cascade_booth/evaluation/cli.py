@@ -145,8 +145,6 @@ def _evaluate_dreambench(dreambench_dir: Path, runs_dir: Path | None, generated:
                          subjects: str | None, prompts: str, identifier: str | None, out_dir: Path | None,
                          models: Models, html: bool) -> None:
     """``--dreambench``: every subject with images; reports in OUT/subjects/<name>/ and OUT/ (combined)."""
-    if (runs_dir is None) == (generated is None):
-        raise InputError("--dreambench needs exactly one of --runs RUNS_DIR or --generated GEN_DIR")
     bench = load_dreambench(dreambench_dir)
     selected = select_subjects(bench, subjects)
     inputs, missing = discover_benchmark(bench, selected, runs=runs_dir, generated=generated)

@@ -49,9 +49,7 @@ def merge_cli(data: dict[str, Any], grid: tuple[str, ...] = (), fixed: tuple[str
     merged = {**data, **{key: value for key, value in options.items() if value is not None}}
     for key, flags, flag, many in (("grid", grid, "--grid", True), ("fixed", fixed, "--set", False)):
         table = merged.get(key, {})
-        if not isinstance(table, dict):
-            raise InputError(f"sweep spec: '{key}' must be a table ([{key}])")
-        if flags:
+        if flags and isinstance(table, dict):  # a grid / fixed that is not a table is build_spec's to refuse
             merged[key] = {**flatten(table), **parse_assignments(flags, flag, many)}
     return merged
 
