@@ -226,14 +226,20 @@ def step_row(res: dict[int, list], n1: int, n2: int) -> dict:
 
 # --------------------------------------------------------------------------------------- generation
 @dataclass
-class CascadeGen:
-    """cascade-booth ``train-base --prior --steps 1`` with a class-image cache of its own per repeat."""
+class _GenTool:
+    """One row of the generation section: a tool, its sampler and step count."""
 
     name: str
     tag: str
     sampler: str
     steps: int
     setup: fx.Setup
+
+
+@dataclass
+class CascadeGen(_GenTool):
+    """cascade-booth ``train-base --prior --steps 1`` with a class-image cache of its own per repeat."""
+
     config: Path
 
     def cache(self, rep: int) -> Path:
@@ -255,14 +261,9 @@ class CascadeGen:
 
 
 @dataclass
-class DiffusersGen:
+class DiffusersGen(_GenTool):
     """diffusers' script, 1 training step with prior preservation and an empty ``--class_data_dir``."""
 
-    name: str
-    tag: str
-    sampler: str
-    steps: int
-    setup: fx.Setup
     info: dict
 
     def class_dir(self, rep: int) -> Path:

@@ -89,17 +89,11 @@ def _text_parts(t5_dim: int):
 
 
 def _unet(name: str, t5_dim: int, sample_size: int | None = None):
-    """Random-weight UNet of config ``name``, fp32, built on the CPU (no CUDA context in the benchmark process)."""
-    import torch
-    from diffusers import UNet2DConditionModel
+    """Random-weight UNet of config ``name`` reading ``t5_dim``-wide text states, fp32, built on the CPU (no
+    CUDA context in the benchmark process)."""
+    from tools.if_configs import build_unet
 
-    from tools.if_configs import unet_config
-
-    cfg = dict(unet_config(name), encoder_hid_dim=t5_dim)
-    if sample_size is not None:
-        cfg["sample_size"] = sample_size
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**cfg)
+    return build_unet(name, encoder_hid_dim=t5_dim, **({} if sample_size is None else {"sample_size": sample_size}))
 
 
 def _save(pipe, folder: Path) -> None:

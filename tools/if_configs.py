@@ -201,8 +201,10 @@ def is_stage2(name: str) -> bool:
     return unet_config(name)["in_channels"] == 6
 
 
-def build_unet(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
-    """A random-weight ``UNet2DConditionModel`` of config ``name`` on ``device`` in ``dtype``.
+def build_unet(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
+               **overrides):
+    """A random-weight ``UNet2DConditionModel`` of config ``name`` (``overrides`` replace its keys) on
+    ``device`` in ``dtype``.
 
     Plain parameter init (no meta device): the weights are real random numbers, so kernels see
     realistic data. Built directly on ``device`` in fp32 (diffusers' default init), then cast.
@@ -213,7 +215,7 @@ def build_unet(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     with torch.device(device):
-        unet = UNet2DConditionModel(**unet_config(name))
+        unet = UNet2DConditionModel(**(unet_config(name) | overrides))
     if dtype != torch.float32:
         unet.to(dtype)
     return unet
