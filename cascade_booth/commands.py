@@ -79,8 +79,7 @@ def common_train_options(fn):
 @friendly
 def train_base(subject, class_noun, run_dir, config, model, steps, batch_size, lr, lora_rank, full, seed,
                checkpoint_every, mixed_precision, compile_unet, optimizer, max_grad_norm, checkpointing, resume,
-               allow_drift, prior,
-               prior_weight, class_images, identifier, force) -> None:
+               allow_drift, prior, prior_weight, class_images, identifier, force) -> None:
     """Stage one: fine-tune the 64 px model on the subject with prior preservation."""
     from cascade_booth.session import TrainRequest
 
@@ -110,8 +109,7 @@ def train_sr(run_dir, config, model, steps, batch_size, lr, lora_rank, full, see
     request.overrides = dict(steps=steps, batch_size=batch_size, lr=lr, lora_rank=lora_rank, full=full,
                              checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
                              compile=compile_unet, optimizer=optimizer, max_grad_norm=max_grad_norm,
-                             gradient_checkpointing=checkpointing,
-                             noise_level=noise_level, prompt=prompt_kind)
+                             gradient_checkpointing=checkpointing, noise_level=noise_level, prompt=prompt_kind)
     _train_stage("sr", "stage two", request)
 
 
