@@ -7,8 +7,10 @@ count of skipped (non-finite) steps. The data order and every random draw are fu
 A checkpoint is filled in a temporary folder, fsynced, marked ``COMPLETE`` and renamed into place
 (``runfolder.new_checkpoint``); older ones are pruned only after that, so a crash, a kill or a full
 disk at any point leaves the previous checkpoint intact, and a folder without its marker is never
-read. A write error (disk full) becomes a ``CheckpointWriteError`` that names the checkpoint kept.
-Weights or optimizer moments that are not finite are never written (``NonFiniteWeights``).
+read. A write error (disk full) becomes a ``CheckpointWriteError`` that names the checkpoint kept
+and the space the write needs. Weights or optimizer moments that are not finite are never written
+(``NonFiniteWeights``). ``save_final`` keeps the trained weights alone as the last checkpoint when
+a stage's final weights cannot be written, so that ``--resume`` writes them without training again.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cascade_booth.config import StageConfig
-from cascade_booth.errors import RunError, TrainingAborted
+from cascade_booth.diskspace import WRITE_ERRORS, file_bytes, reason, space_note
+from cascade_booth.errors import InputError, RunError, TrainingAborted
 from cascade_booth.lora import load_trainable_state, trainable_state
 from cascade_booth.runfolder import checkpoint_steps, new_checkpoint
+from cascade_booth.safeload import load_state_dict
 
 # Fault-injection point for tests: called with each file's path right after it is written, then with
 # the COMPLETE marker, then with the checkpoint folder once it is renamed into place.
@@ -46,6 +50,7 @@ class Restored:
     step: int
     bad_steps: int
     folder: Path
+    final: bool = False  # the weights alone (``save_final``): enough to finish the stage, not to train on
 
 
 def _written(path: Path) -> None:
@@ -112,12 +117,22 @@ def save(
             _written(tmp / "optimizer.safetensors")
             (tmp / "trainer.json").write_text(json.dumps(trainer, default=_jsonable))
             _written(tmp / "trainer.json")
-    except OSError as err:
+    except WRITE_ERRORS as err:
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        needed = file_bytes([*weights.values(), *tensors.values()])
         raise CheckpointWriteError(
-            f"could not write checkpoint step-{step} in {root}: {err.strerror or err}; {kept}. "
+            f"could not write checkpoint step-{step} in {root}: {reason(err)}; {kept}; {space_note(root, needed)}. "
             "Free some disk space and run again with --resume."
         ) from None
+    return root / f"step-{step}"
+
+
+def save_final(root: Path, step: int, unet: torch.nn.Module, cfg: StageConfig) -> Path:
+    """The trained weights alone as checkpoint ``root/step-<step>``, marked final (no optimizer state)."""
+    weights = trainable_state(unet, cfg.full)
+    with new_checkpoint(root, step, cfg.keep_checkpoints, on_write=_written) as tmp:
+        save_file(weights, str(tmp / "weights.safetensors"))
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "bad_steps": 0, "final": True}))
     return root / f"step-{step}"
 
 
@@ -152,13 +167,17 @@ def restore(root: Path, job, optimizer, schedule, full: bool, scaler=None) -> Re
     if folder is None:
         return None
     try:
-        weights = load_file(str(folder / "weights.safetensors"))
+        weights = load_state_dict(folder / "weights.safetensors")  # the one loader: a damaged file is named
         trainer = json.loads((folder / "trainer.json").read_text())
-        opt_state = _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), trainer["optimizer"])
-    except (OSError, KeyError, ValueError, SafetensorError) as err:
+        final = bool(trainer.get("final"))
+        opt_state = None if final else _unflatten_optimizer(load_state_dict(folder / "optimizer.safetensors"),
+                                                            trainer["optimizer"])
+    except (InputError, OSError, KeyError, ValueError, SafetensorError) as err:
         raise RunError(f"{folder}: checkpoint cannot be read ({err}); delete it to resume from an older one") from None
     _check_shapes(folder, job.unet, weights, full)
     load_trainable_state(job.unet, weights, full)
+    if final:
+        return Restored(int(trainer["step"]), 0, folder, final=True)
     optimizer.load_state_dict(opt_state)
     schedule.load_state_dict(trainer["schedule"])
     if scaler is not None and trainer.get("scaler"):

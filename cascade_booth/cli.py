@@ -31,8 +31,9 @@ def _register() -> None:
     from cascade_booth.commands import demo, render, train_base, train_sr
     from cascade_booth.evaluation.cli import evaluate
     from cascade_booth.sweep.cli import sweep
+    from cascade_booth.world.cli import world
 
-    for cmd in (train_base, train_sr, render, demo):
+    for cmd in (train_base, train_sr, render, demo, world):
         main.add_command(cmd)
     for library_command in (evaluate, sweep):
         cli_command = copy.copy(library_command)  # the library command keeps raising typed errors

@@ -65,8 +65,11 @@ class TqdmCallbacks:
                               disable=not parallel.is_main())  # one bar for a launch of several processes
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
-        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}", refresh=False)  # drawn once, by update
+        if self.bar.n + 1 >= self.bar.total:
+            self.bar.n += 1  # not drawn: close() draws the end, drawing it here too prints it twice
+        else:
+            self.bar.update(1)
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.bar.write(f"checkpoint: {path}")
@@ -77,17 +80,23 @@ class TqdmCallbacks:
 
 
 def class_progress():
+    """A ``(done, total)`` hook for class-image generation; its first call (before the first image) starts the bar.
+
+    The bar starts at the images already cached, so its rate counts only the images generated now, timed
+    from when generation started; the end is drawn once, by ``close``.
+    """
     from tqdm.auto import tqdm
 
     state = {}
 
     def update(done: int, total: int) -> None:
         if "bar" not in state:  # one bar: ``setdefault`` would build (and print) a new one on every call
-            state["bar"] = tqdm(total=total, desc="class images", unit="img", file=sys.stderr)
+            state["bar"] = tqdm(total=total, initial=done, desc="class images", unit="img", file=sys.stderr)
         bar = state["bar"]
-        bar.n = done
-        bar.refresh()
+        bar.n = done  # set, not update(): the rate stays (done - initial) / elapsed, not a per-call burst
         if done >= total:
             bar.close()
+        else:
+            bar.refresh()
 
     return update

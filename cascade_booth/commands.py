@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import click
 
 from cascade_booth.clikit import TqdmCallbacks, class_progress, friendly
-from cascade_booth.config import MIXED_PRECISION, OPTIMIZERS, Config, apply_overrides, load_config
+from cascade_booth.config import (
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    Config,
+    ModelConfig,
+    RenderConfig,
+    apply_overrides,
+    check_flags,
+    load_config,
+)
+from cascade_booth.presets import offline_presets, preset_names
 
 DATA = Path(__file__).parent / "data"
 
@@ -41,15 +50,36 @@ def _allow_pickle(ctx, param, value: bool) -> bool:
     return value
 
 
-def common_train_options(fn):
-    options = [
+def _builtin_default() -> str:
+    offline = " or ".join(f"--config {name}" for name in offline_presets())
+    return (f"the built-in IF-XL settings ({ModelConfig.base} + {ModelConfig.sr}, downloaded from the hub)"
+            + (f"; offline: {offline}" if offline else ""))
+
+
+def common_train_options(section: str, config_default: str):
+    """The flags both training commands share; ``section`` is the config table they override."""
+    def decorate(fn):
+        for option in reversed(_train_options(section, config_default)):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _train_options(section: str, config_default: str) -> list:
+    over = f"Overrides [{section}]"
+    return [
         click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder."),
-        click.option("--config", help="Preset name (tiny, if-xl, if-m) or TOML file."),
+        click.option("--config", help=f"Preset ({', '.join(preset_names())}) or TOML file.  "
+                                      f"[default: {config_default}]"),
         click.option("--model", help="Override both stages' model: hub id, local folder or 'tiny'."),
-        click.option("--steps", type=int), click.option("--batch-size", type=int), click.option("--lr", type=float),
-        click.option("--lora-rank", type=int), click.option("--full/--lora", "full", default=None,
-                                                             help="Full fine-tune instead of LoRA."),
-        click.option("--seed", type=int), click.option("--checkpoint-every", type=int),
+        click.option("--steps", type=int, help=f"Optimizer steps. {over} steps; --resume may raise it."),
+        click.option("--batch-size", type=int, help=f"{over} batch_size."),
+        click.option("--lr", type=float, help=f"Learning rate, in (0, 1]. {over} lr."),
+        click.option("--lora-rank", type=int, help=f"{over} lora_rank."),
+        click.option("--full/--lora", "full", default=None, help="Full fine-tune instead of LoRA."),
+        click.option("--seed", type=int, help="Overrides the config's seed (>= 0)."),
+        click.option("--checkpoint-every", type=int, help=f"0: no checkpoints. {over} checkpoint_every."),
         click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION)),
         click.option("--compile/--no-compile", "compile_unet", default=None, help="torch.compile the UNet."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS),
@@ -62,15 +92,12 @@ def common_train_options(fn):
         click.option("--allow-pickle", is_flag=True, callback=_allow_pickle, expose_value=False,
                      help="Also load pickled weights (.bin/.ckpt): only from sources you trust."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 @click.command("train-base")
 @click.option("--subject", required=True, type=click.Path(path_type=Path), help="Folder of 3-5 subject photos.")
 @click.option("--class-noun", required=True, help="The subject's class, e.g. 'clock'.")
-@common_train_options
+@common_train_options("base", _builtin_default())
 @click.option("--prior/--no-prior", default=None, help="Class-specific prior preservation (default on).")
 @click.option("--prior-weight", type=float, help="lambda in the prior-preservation loss (default 1).")
 @click.option("--class-images", type=int, help="How many class images to generate/use.")
@@ -94,7 +121,7 @@ def train_base(subject, class_noun, run_dir, config, model, steps, batch_size, l
 
 
 @click.command("train-sr")
-@common_train_options
+@common_train_options("sr", "the run's recorded config")
 @click.option("--noise-level", type=int, help="Noise-augmentation level of the 64 px input (0-999).")
 @click.option("--prompt", "prompt_kind", type=click.Choice(["instance", "class"]), help="Training prompt.")
 @friendly
@@ -129,6 +156,8 @@ def render(prompts, run_dir, out, num_images, seed, steps, guidance, no_sr, prom
     """Render prompts with [V] through the personalized cascade."""
     from cascade_booth.runner import RenderRequest, render_run
 
+    check_flags({"--num-images": (RenderConfig, "num_images", num_images), "--seed": (Config, "seed", seed),
+                 "--steps": (RenderConfig, "steps", steps), "--guidance": (RenderConfig, "guidance", guidance)})
     request = RenderRequest(run=run_dir, prompts=list(prompts), prompts_file=prompts_file, out=out,
                             num_images=num_images, seed=seed, steps=steps, guidance=guidance, sr=not no_sr,
                             upscale=upscale)
@@ -144,8 +173,7 @@ def demo(out: Path) -> None:
     from cascade_booth.demo import run_demo
 
     start = time.perf_counter()
-    shutil.rmtree(out / "run", ignore_errors=True)
-    images = run_demo(out)
+    images = run_demo(out)  # it replaces only a run folder an earlier demo made
     click.echo("")
     for path in images:
         click.echo(f"wrote {path}")

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, get_type_hints
 
 from cascade_booth.errors import InputError
+from cascade_booth.presets import CONFIG_DIR as CONFIG_DIR  # re-exported: where the presets are
+from cascade_booth.presets import offline_presets as offline_presets
+from cascade_booth.presets import resolve_config_path
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw-in-backward")  # built by cascade_booth.optim.make_optimizer
 
@@ -153,69 +155,177 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def validate(cfg: Config, where: str = "config") -> Config:
-    """Range checks that apply whatever the source of the values."""
+@dataclass(frozen=True)
+class Range:
+    """The sane values of one numeric setting: finite, ``low <= v`` (``low < v`` if ``open_low``), ``v <= high``."""
+
+    low: float
+    high: float | None = None
+    open_low: bool = False
+    hint: str = ""
+
+    def problem(self, value: float) -> str | None:
+        # ints skip isfinite: a huge TOML int would overflow float() and is refused by ``high`` where it matters
+        bad = isinstance(value, float) and not math.isfinite(value)
+        bad = bad or value < self.low or (self.open_low and value == self.low)
+        if not bad and (self.high is None or value <= self.high):
+            return None
+        return f"must be {self}, got {value}{self.hint}"
+
+    def __str__(self) -> str:
+        low, high = (f"{v:g}" if isinstance(v, float) else str(v) for v in (self.low, self.high))
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {low}"
+        return f"in ({low}, {high}]" if self.open_low else f"in {low}..{high}"
+
+
+POSITIVE, NON_NEGATIVE = Range(1), Range(0)
+# Every int/float field of every table, by dataclass (SRConfig inherits StageConfig's): ``validate``
+# fails loudly on a numeric field missing here, so a new setting cannot ship without a range.
+RANGES: dict[type, dict[str, Range]] = {
+    Config: {"seed": Range(0, 2**63 - 1)},  # what torch generators take; numpy refuses negative seeds
+    IdentifierConfig: {"rank_min": NON_NEGATIVE, "rank_max": POSITIVE, "max_chars": POSITIVE},
+    PriorConfig: {
+        "weight": Range(0, open_low=True, hint=" (to train without class images, turn the prior off: --no-prior)"),
+        "class_images": POSITIVE, "sample_steps": POSITIVE, "guidance": NON_NEGATIVE, "batch_size": POSITIVE,
+    },
+    StageConfig: {
+        "steps": POSITIVE, "batch_size": POSITIVE, "lr": Range(0, 1, open_low=True), "lora_rank": POSITIVE,
+        "gradient_accumulation": POSITIVE, "max_grad_norm": Range(0, hint=" (0: no clipping)"),
+        "warmup_steps": NON_NEGATIVE, "checkpoint_every": NON_NEGATIVE, "keep_checkpoints": POSITIVE,
+        "validation_every": NON_NEGATIVE, "max_bad_steps": POSITIVE,
+    },
+    SRConfig: {"noise_level": Range(0, 999)},  # IF's image-noising scheduler has 1000 levels
+    RenderConfig: {"steps": POSITIVE, "guidance": NON_NEGATIVE, "sr_steps": POSITIVE, "sr_guidance": NON_NEGATIVE,
+                   "num_images": POSITIVE},
+}
+CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    PriorConfig: {"sampler": ("ddpm", "dpm++")},
+    StageConfig: {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "variance": ("learned", "fixed")},
+    SRConfig: {"prompt": ("instance", "class")},
+}
+# CLI flags whose name is not ``--`` + the key with dashes (``apply_overrides`` records where a value came from)
+FLAG_NAMES = {("prior", "enabled"): "--prior/--no-prior", ("prior", "weight"): "--prior-weight"}
+
+
+def range_of(cls: type, key: str) -> Range:
+    """The range of numeric setting ``key`` of table ``cls``; KeyError if it has none (a bug, not bad input)."""
+    for klass in cls.__mro__:
+        if key in RANGES.get(klass, {}):
+            return RANGES[klass][key]
+    raise KeyError(f"{cls.__name__}.{key} has no range in cascade_booth.config.RANGES")
+
+
+def _choices_of(cls: type, key: str) -> tuple[str, ...] | None:
+    return next((CHOICES[k][key] for k in cls.__mro__ if key in CHOICES.get(k, {})), None)
+
+
+def _tables(cfg: Config) -> list[tuple[str, Any]]:
+    return [("", cfg)] + [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                          if dataclasses.is_dataclass(getattr(cfg, f.name))]
+
+
+def _unused(cfg: Config, section: str, key: str) -> bool:
+    """Values that train nothing in this config, so no value of them is wrong (``--no-prior --class-images 0``)."""
+    if section == "prior":
+        return key != "enabled" and not cfg.prior.enabled
+    return section in ("base", "sr") and key == "lora_rank" and getattr(cfg, section).full
+
+
+Problem = tuple[str, str | None, str]  # (section, key or None for the whole table, text)
+
+
+def _field_problems(cfg: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    for section, table in _tables(cfg):
+        hints = get_type_hints(type(table))
+        for f in dataclasses.fields(table):
+            value, typ = getattr(table, f.name), hints[f.name]
+            if _unused(cfg, section, f.name):
+                continue
+            if typ in (int, float):
+                text = range_of(type(table), f.name).problem(value)
+            else:
+                options = _choices_of(type(table), f.name)
+                text = None if options is None or value in options else f"must be one of {options}, got {value!r}"
+            if text:
+                problems.append((section, f.name, text))
+    return problems
+
+
+def _table_problems(cfg: Config) -> list[Problem]:
+    """Checks that involve several values of one table."""
     from cascade_booth.optim import in_backward_problems  # imports torch: only when checking
 
-    problems = []
+    problems: list[Problem] = []
     for name in ("base", "sr"):
-        stage: StageConfig = getattr(cfg, name)
-        for key in ("steps", "batch_size", "lora_rank", "gradient_accumulation", "keep_checkpoints"):
-            if getattr(stage, key) < 1:
-                problems.append(f"[{name}] {key} must be >= 1")
-        if not 0 < stage.lr <= 1:  # also rejects nan/inf: AdamW would fail mid-run on them
-            problems.append(f"[{name}] lr must be in (0, 1], got {stage.lr}")
-        if stage.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"[{name}] mixed_precision must be one of {MIXED_PRECISION}")
-        if stage.optimizer not in OPTIMIZERS:
-            problems.append(f"[{name}] optimizer must be one of {OPTIMIZERS}, got '{stage.optimizer}'")
         # processes=1: the number of processes is the trainer's to check, for the stage that trains
-        problems += [f"[{name}] {p}" for p in in_backward_problems(stage, processes=1)]
-        if stage.variance not in ("learned", "fixed"):
-            problems.append(f"[{name}] variance must be 'learned' or 'fixed'")
-        if stage.checkpoint_every < 0 or stage.validation_every < 0:
-            problems.append(f"[{name}] checkpoint_every / validation_every must be >= 0")
-    if not 0 <= cfg.sr.noise_level < 1000:
-        problems.append("[sr] noise_level must be in 0..999")
-    if cfg.sr.prompt not in ("instance", "class"):
-        problems.append("[sr] prompt must be 'instance' or 'class'")
-    if cfg.prior.class_images < 1 or cfg.prior.batch_size < 1 or cfg.prior.sample_steps < 1:
-        problems.append("[prior] class_images, batch_size and sample_steps must be >= 1")
-    if cfg.prior.sampler not in ("ddpm", "dpm++"):
-        problems.append("[prior] sampler must be 'ddpm' or 'dpm++'")
-    if not 0 <= cfg.identifier.rank_min < cfg.identifier.rank_max:
-        problems.append("[identifier] need 0 <= rank_min < rank_max")
-    if problems:
-        raise InputError(f"{where}: " + "; ".join(problems))
+        problems += [(name, None, p) for p in in_backward_problems(getattr(cfg, name), processes=1)]
+    if cfg.identifier.rank_min >= cfg.identifier.rank_max:
+        problems.append(("identifier", None, "needs rank_min < rank_max"))
+    return problems
+
+
+def _name(section: str, key: str | None, flags: dict[tuple[str, str], str]) -> str:
+    """The flag the user typed for a value set by a flag, else its place in the TOML file."""
+    if key is not None and (section, key) in flags:
+        return flags[(section, key)]
+    return " ".join(part for part in (f"[{section}]" if section else "", key or "") if part)
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Range, choice and consistency checks that apply whatever the source of the values.
+
+    A value set by a CLI flag (``apply_overrides``) is named by the flag (``--steps must be >= 1``),
+    any other by its TOML key after ``where`` (``tiny.toml: [base] steps must be >= 1``).
+    """
+    flags: dict[tuple[str, str], str] = getattr(cfg, "_flags", {})
+    named, placed = [], []
+    for section, key, text in _field_problems(cfg) + _table_problems(cfg):
+        (named if (section, key) in flags else placed).append(f"{_name(section, key, flags)} {text}")
+    if placed:
+        named.append(f"{where}: " + "; ".join(placed))
+    if named:
+        raise InputError("; ".join(named))
     return cfg
 
 
-def resolve_config_path(name_or_path: str) -> Path:
-    """A preset name (``tiny``, ``if-xl``) or a path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = CONFIG_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise InputError(f"config '{name_or_path}' not found (presets: {', '.join(presets)})")
-    return path
+def check_flags(values: dict[str, tuple[type, str, Any]]) -> None:
+    """Range-check flags that stand for a setting without overriding it (``render --steps``).
+
+    ``values`` maps each flag to (table class, key, value); a value of None was not given.
+    """
+    problems = [f"{flag} {text}" for flag, (cls, key, value) in values.items()
+                if value is not None and (text := range_of(cls, key).problem(value))]
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def load_config(name_or_path: str | os.PathLike | None) -> Config:
     if name_or_path is None:
-        return validate(Config(), "defaults")
-    path = resolve_config_path(str(name_or_path))
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid TOML: {err}") from None
-    return validate(from_dict(Config, data, str(path)), str(path))
+        cfg, where = validate(Config(), "built-in defaults"), "built-in defaults"
+    else:
+        path = resolve_config_path(str(name_or_path))
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not valid TOML: {err}") from None
+        cfg, where = validate(from_dict(Config, data, str(path)), str(path)), str(path)
+    cfg._where = where  # not a field (never in to_dict / run.json): names the file in later errors
+    return cfg
 
 
 def apply_overrides(cfg: Config, section: str, **values: Any) -> Config:
-    """Set ``cfg.<section>.<key> = value`` for every value that is not None (CLI flags)."""
+    """Set ``cfg.<section>.<key> = value`` for every value that is not None (CLI flags), then validate.
+
+    Each value set is remembered as a flag (``FLAG_NAMES``, else ``--key-with-dashes``), so that
+    ``validate`` names a bad one by the flag the user typed, now and after later overrides.
+    """
     target = getattr(cfg, section) if section else cfg
+    flags: dict[tuple[str, str], str] = getattr(cfg, "_flags", {})
     for key, value in values.items():
         if value is not None:
             setattr(target, key, value)
-    return validate(cfg, "command-line options")
+            flags[(section, key)] = FLAG_NAMES.get((section, key), "--" + key.replace("_", "-"))
+    cfg._flags = flags  # not a field, like ``_where``
+    return validate(cfg, getattr(cfg, "_where", "command-line options"))

@@ -12,8 +12,19 @@ import random
 
 from cascade_booth.errors import InputError
 
-T5_VOCAB = 32100  # T5 v1.1 sentencepiece vocabulary size (without added sentinels)
+# The paper's ranks are T5's; other vocabularies scale them by size / T5_VOCAB. (T5's tokenizer has
+# 32100 entries with its 100 sentinels; the constant stays what it always was so that a seed keeps
+# choosing the same identifier, and a resumed run does not see its identifier drift.)
+T5_VOCAB = 32100
 PLACEHOLDER = "[V]"
+TEMPLATE_WORDS = frozenset({"a"})  # the words of "a [V] <class noun>" besides [V] and the noun
+# Very common English words: a strong prior in the text encoder is what the rare identifier avoids.
+COMMON_WORDS = frozenset("""
+a an the of in on at to by for from with and or but not no nor so if as is are was were be been am do does did
+has have had it its he she we you they i me my our your his her him them us this that these those who what which
+when where why how all any one two new old big out up off yes get got let put say see use way day man men
+can may will would could should must shall than then too very just also only some more most own same such
+photo image picture""".split())
 
 
 def preprocess_prompt(text: str) -> str:
@@ -35,50 +46,111 @@ def is_single_token(tokenizer, token: str, class_noun: str) -> bool:
     return _ids(tokenizer, f"a {token} {class_noun}") == _ids(tokenizer, "a") + alone + _ids(tokenizer, class_noun)
 
 
-def _scaled_range(tokenizer, rank_min: int, rank_max: int) -> range:
-    vocab = tokenizer.sp_model.get_piece_size() if hasattr(tokenizer, "sp_model") else len(tokenizer) - 100
-    scale = min(1.0, vocab / T5_VOCAB)
-    return range(int(rank_min * scale), max(int(rank_max * scale), int(rank_min * scale) + 1))
+def vocabulary(tokenizer) -> list[str | None]:
+    """The tokenizer's own pieces by id, which is their rank; added tokens (specials, sentinels) are None.
+
+    Read from ``get_vocab()``: the size is that of the real vocabulary, whatever the tokenizer's
+    internals (a sentencepiece ``sp_model`` is gone from current transformers) and its added tokens.
+    """
+    added = set(getattr(tokenizer, "added_tokens_decoder", None) or {})
+    own = {index: piece for piece, index in tokenizer.get_vocab().items() if index not in added}
+    size = max(own, default=-1) + 1
+    return [own.get(index) for index in range(size)]
+
+
+def _scaled_range(size: int, rank_min: int, rank_max: int) -> range:
+    """The ranks to search: as given when the vocabulary holds them (T5, the world tokenizer, whose
+    preset names its own range); otherwise the paper's T5 ranks scaled to the vocabulary's size."""
+    if rank_max <= size:
+        return range(rank_min, max(rank_max, rank_min + 1))
+    scale = min(1.0, size / T5_VOCAB)
+    low = int(rank_min * scale)
+    return range(low, min(size, max(int(rank_max * scale), low + 1)))
+
+
+def _prompt_words(class_noun: str) -> set[str]:
+    return set(TEMPLATE_WORDS) | set(preprocess_prompt(class_noun).split())
 
 
 def candidate_identifiers(tokenizer, rank_min: int, rank_max: int, max_chars: int) -> list[str]:
-    """Word-initial, alphabetic, lower-case vocabulary pieces of 1..max_chars characters in the rank range."""
+    """Word-initial, alphabetic, lower-case pieces of 1..max_chars characters in the (scaled) rank range,
+    that are not common words."""
+    pieces = vocabulary(tokenizer)
     out = []
-    for rank in _scaled_range(tokenizer, rank_min, rank_max):
-        piece = tokenizer.convert_ids_to_tokens(rank)
+    for rank in _scaled_range(len(pieces), rank_min, rank_max):
+        piece = pieces[rank]
         if not piece or not piece.startswith("▁"):
             continue
         text = piece[1:]
         if 0 < len(text) <= max_chars and text.isascii() and text.isalpha() and text.islower():
-            out.append(text)
+            if text not in COMMON_WORDS:
+                out.append(text)
     return out
 
 
 def choose_identifier(
     tokenizer, class_noun: str, seed: int, rank_min: int = 5000, rank_max: int = 10000, max_chars: int = 3
 ) -> str:
-    """Pick [V] deterministically for ``seed`` among the candidates that round-trip to one token."""
+    """Pick [V] deterministically for ``seed`` among the candidates that round-trip to one token.
+
+    Never a word of the instance prompt or a common word; a vocabulary without any usable piece is
+    an error that says so and what to pass instead.
+    """
     candidates = candidate_identifiers(tokenizer, rank_min, rank_max, max_chars)
     random.Random(seed).shuffle(candidates)
-    noun_words = set(preprocess_prompt(class_noun).split())
+    taken = _prompt_words(class_noun)
     for token in candidates:
-        if token not in noun_words and is_single_token(tokenizer, token, class_noun):
+        if token not in taken and is_single_token(tokenizer, token, class_noun):
             return token
+    size = len(vocabulary(tokenizer))
+    ranks = _scaled_range(size, rank_min, rank_max)
     raise InputError(
-        f"no rare single-token identifier in vocabulary ranks {rank_min}-{rank_max} (<= {max_chars} chars); "
-        "widen [identifier] or pass --identifier"
+        f"no rare single-token identifier in the text encoder's vocabulary ({size} pieces): none of its "
+        f"lower-case word pieces of <= {max_chars} chars in ranks {ranks.start}-{ranks.stop - 1} (from "
+        f"[identifier] {rank_min}-{rank_max}, scaled to this vocabulary if it is smaller) stays one token in "
+        f"'a [V] {class_noun}' without being a common word or a word of the prompt. Pass --identifier with a rare word that is one token of this "
+        "vocabulary, or widen [identifier] rank_min/rank_max in the config"
     )
 
 
-def check_identifier(tokenizer, token: str, class_noun: str) -> str:
+def _omit_hint(tokenizer, class_noun: str, rank_min: int, rank_max: int, max_chars: int) -> str:
+    """Advise omitting --identifier only where the automatic search would then succeed."""
+    try:
+        choose_identifier(tokenizer, class_noun, 0, rank_min, rank_max, max_chars)
+    except InputError:
+        return "pick a rare word that is one token of this vocabulary (the automatic search finds none in it)"
+    return "pick another or omit --identifier to choose one automatically"
+
+
+def check_identifier(
+    tokenizer, token: str, class_noun: str, rank_min: int = 5000, rank_max: int = 10000, max_chars: int = 3
+) -> str:
     """Validate a user-given identifier; returns it or raises naming the problem."""
-    if not is_single_token(tokenizer, token, class_noun):
-        pieces = tokenizer.convert_ids_to_tokens(_ids(tokenizer, token)) if token.strip() else []
-        raise InputError(
-            f"identifier '{token}' is not a single lower-case token of the text encoder "
-            f"(it splits into {pieces}); pick another or omit --identifier to choose one automatically"
-        )
+    problem = _identifier_problem(tokenizer, token, class_noun)
+    if problem:
+        raise InputError(f"{problem}; {_omit_hint(tokenizer, class_noun, rank_min, rank_max, max_chars)}")
     return token
+
+
+def _identifier_problem(tokenizer, token: str, class_noun: str) -> str | None:
+    if not token.strip():
+        return "--identifier is empty"
+    if preprocess_prompt(token) in _prompt_words(class_noun):
+        where = "the article 'a' of" if preprocess_prompt(token) in TEMPLATE_WORDS else "a word of the class noun in"
+        return (f"--identifier '{token}' is {where} the instance prompt 'a [V] {class_noun}' (it would read "
+                f"'a {token} {class_noun}'), so it cannot name the subject")
+    if not is_single_token(tokenizer, token, class_noun):
+        pieces = tokenizer.convert_ids_to_tokens(_ids(tokenizer, token))
+        return f"identifier '{token}' is not a single lower-case token of the text encoder (it splits into {pieces})"
+    return None
+
+
+def identifier_warnings(token: str) -> list[str]:
+    """Warnings about a user-given identifier that is allowed but works against the paper's rule."""
+    if preprocess_prompt(token) in COMMON_WORDS:
+        return [f"--identifier '{token}' is a common word: its strong prior in the text encoder works against "
+                "the rare-token identifier of the paper (section 4.2); a rare token personalizes better"]
+    return []
 
 
 def instance_prompt(identifier: str, class_noun: str) -> str:

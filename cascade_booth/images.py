@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cascade_booth.errors import InputError
+from cascade_booth.paths import path_problem
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
                                             ".tif", ".tiff", ".avif", ".heic", ".heif", ".hif"})
@@ -138,10 +139,9 @@ def _check_size(size: int) -> None:
 
 def _list_candidates(folder: Path) -> tuple[list[Path], list[str]]:
     """Return the files to check (sorted) and notes about skipped subfolders."""
-    if not folder.exists():
-        raise InputError(f"subject photo folder not found: {folder}")
-    if not folder.is_dir():
-        raise InputError(f"subject photo path is not a folder: {folder}")
+    problem = path_problem(folder, "folder")
+    if problem:
+        raise InputError(f"subject photo folder {folder}: {problem}")
     candidates: list[Path] = []
     notes: list[str] = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name):

@@ -1,4 +1,7 @@
-"""Resolve a model spec (``tiny``, a hub id, a local diffusers folder) to a local folder, offline-safe."""
+"""Resolve a model spec (``tiny``, a hub id, a local diffusers folder) to a local folder, offline-safe.
+
+Loading what is in it is ``cascade_booth.safeload``'s job: every weight file goes through there.
+"""
 
 from __future__ import annotations
 
@@ -17,30 +20,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def allow_pickle() -> bool:
-    """Pickled weights (.bin/.ckpt/.pt) can run code when loaded: refused unless the user opts in."""
-    return os.environ.get("CASCADE_BOOTH_ALLOW_PICKLE", "0").lower() in ("1", "true", "yes")
-
-
-def weight_kwargs() -> dict:
-    """``from_pretrained`` arguments that load safetensors only (unless pickles are allowed)."""
-    return {} if allow_pickle() else {"use_safetensors": True}
-
-
-def load_pretrained(cls, path: Path, **kwargs):
-    """``cls.from_pretrained(path)`` restricted to safetensors, with a clear error when only pickles exist."""
-    try:
-        return cls.from_pretrained(path, **weight_kwargs(), **kwargs)
-    except OSError as err:
-        pickles = sorted(p.name for ext in ("*.bin", "*.ckpt", "*.pt", "*.pth") for p in Path(path).glob(ext))
-        if pickles and not allow_pickle():
-            raise ModelNotFoundError(
-                f"{path}: has only pickled weights ({', '.join(pickles)}), which can execute code when loaded. "
-                "Convert them to safetensors, or pass --allow-pickle if you trust the source."
-            ) from None
-        raise ModelNotFoundError(f"{path}: cannot load {cls.__name__}: {err}") from None
-
-
 def offline() -> bool:
     """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
     return any(os.environ.get(var, "0").strip().lower() in ("1", "true", "yes", "on")
@@ -55,6 +34,8 @@ def resolve_model(spec: str, stage: int) -> Path:
     """
     if spec == "tiny":
         return ensure_tiny_cascade(cache_dir()) / f"stage{stage}"
+    if spec == "world":
+        return world_model(stage)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
@@ -73,10 +54,14 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline()))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, HfHubHTTPError) as err:
+        from cascade_booth.presets import offline_presets
+
         hint = f"huggingface-cli download {repo_id}" if offline() else "check the id and your hub login/licence"
+        presets = " or ".join(f"--config {name}" for name in offline_presets())
         raise ModelNotFoundError(
             f"model '{repo_id}' is not available{' offline' if offline() else ''}: "
-            f"{type(err).__name__}. Get it with `{hint}` or pass a local diffusers folder."
+            f"{type(err).__name__}. Get it with `{hint}` or pass a local diffusers folder"
+            + (f"; presets that need no hub: {presets}." if presets else ".")
         ) from None
 
 
@@ -88,3 +73,16 @@ def model_fingerprint(path: Path) -> str:
         if f.is_file():
             h.update(json.dumps(json.loads(f.read_text()), sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def world_model(stage: int) -> Path:
+    """The shipped world cascade's stage (``cascade_booth/world/models/base`` or ``sr``)."""
+    from cascade_booth.world.cascade import SHIPPED
+
+    folder = SHIPPED / ("base" if stage == 1 else "sr")
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"{folder}: the world cascade is not in this install; pretrain it with "
+            "`python tools/pretrain_world.py --model base|sr` then `--export`, or use --config tiny"
+        )
+    return folder

@@ -3,7 +3,8 @@
 Every render carries what made it (paper section 4.1 evaluates generated images against their
 prompts, so the prompt must travel with the image): the filled prompt as a ``prompt`` text chunk
 and sidecar field (what ``cascade_booth.evaluation`` reads), the ``[V]`` template, seed, models,
-steps, guidance and noise level. Chunks are iTXt (UTF-8), so any prompt survives.
+steps, guidance and noise level. Chunks are iTXt (UTF-8), so any prompt survives. A render never
+replaces an earlier one: names already taken in the output folder send the call to a new subfolder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from cascade_booth import __version__
+from cascade_booth.diskspace import WriteError, failed
 from cascade_booth.runfolder import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -60,12 +62,13 @@ def png_info(meta: dict[str, Any]) -> PngInfo:
     return info
 
 
-def save_png(image: Image.Image, path: Path, meta: dict[str, Any], sidecar: bool = True) -> Path:
+def save_png(image: Image.Image, path: Path, meta: dict[str, Any], sidecar: bool = True,
+             overwrite: bool = True) -> Path:
     """Write ``path`` (PNG with ``meta`` as text chunks) and, if asked, ``path.with_suffix('.json')``."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         image.save(tmp, format="PNG", pnginfo=png_info(meta))
     if sidecar:
-        write_json(path.with_suffix(".json"), {"image": path.name, **meta})
+        write_json(path.with_suffix(".json"), {"image": path.name, **meta}, overwrite)
     return path
 
 
@@ -74,14 +77,36 @@ def render_name(prompt_index: int, seed: int, image_index: int) -> str:
     return f"p{prompt_index:03d}-seed{seed}-{image_index:02d}.png"
 
 
+def free_folder(out: Path, names: list[str]) -> Path:
+    """``out``, or if it holds any of ``names`` already, a new ``out/render-N`` (created here, so it is ours)."""
+    if not any((out / name).exists() for name in names):
+        return out
+    number = 2
+    while True:
+        folder = out / f"render-{number}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            number += 1
+        except OSError as err:
+            raise WriteError(failed(folder, err), err) from None
+
+
 def write_renders(out: Path, rows: list[list[Image.Image]], metas: list[list[dict[str, Any]]]) -> list[Path]:
-    """Save every image (chunks + sidecar) under its ``render_name``; add ``grid.png`` when there are several."""
-    paths = [save_png(img, out / render_name(m["prompt_index"], m["seed"], m["image_index"]), m)
-             for row, row_metas in zip(rows, metas, strict=True) for img, m in zip(row, row_metas, strict=True)]
+    """Save every image (chunks + sidecar) under its ``render_name``; add ``grid.png`` when there are several.
+
+    Nothing is overwritten: when ``out`` holds one of these names already, all go to ``free_folder``.
+    """
+    pairs = [(img, m) for row, ms in zip(rows, metas, strict=True) for img, m in zip(row, ms, strict=True)]
+    names = [render_name(m["prompt_index"], m["seed"], m["image_index"]) for _, m in pairs]
+    taken = [*names, *(Path(n).with_suffix(".json").name for n in names), *(["grid.png"] if len(names) > 1 else [])]
+    folder = free_folder(Path(out), taken)
+    paths = [save_png(img, folder / name, m, overwrite=False) for (img, m), name in zip(pairs, names, strict=True)]
     if len(paths) > 1:
-        with atomic_path(out / "grid.png") as tmp:
+        with atomic_path(folder / "grid.png", overwrite=False) as tmp:
             grid(rows).save(tmp, format="PNG")
-        paths.append(out / "grid.png")
+        paths.append(folder / "grid.png")
     return paths
 
 

@@ -25,8 +25,9 @@ from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import PriorConfig
 from cascade_booth.errors import BoothError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
-from cascade_booth.models import model_fingerprint, weight_kwargs
+from cascade_booth.models import model_fingerprint
 from cascade_booth.runfolder import atomic_path
+from cascade_booth.safeload import load_pretrained
 from cascade_booth.text import TextEmbeddings
 
 Progress = Callable[[int, int], None]
@@ -51,9 +52,9 @@ def load_sampling_pipeline(model_path: Path, sampler: str, device: str | torch.d
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     with warnings.catch_warnings():  # newer diffusers call it ``dtype``; older ones know only ``torch_dtype``
         warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
-        pipe = IFPipeline.from_pretrained(
-            model_path, text_encoder=None, safety_checker=None, watermarker=None, feature_extractor=None,
-            requires_safety_checker=False, torch_dtype=dtype, **weight_kwargs(),
+        pipe = load_pretrained(
+            IFPipeline, model_path, text_encoder=None, safety_checker=None, watermarker=None, feature_extractor=None,
+            requires_safety_checker=False, torch_dtype=dtype,
         )
     if sampler == "dpm++":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
@@ -168,6 +169,8 @@ def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, pro
         texts.ensure([prompt, ""], device=device)
         pipe = load_sampling_pipeline(model_path, cfg.sampler, device)
         total = cfg.class_images
+        if progress:  # the bar starts with sampling: its rate then times only the images made now
+            progress(sum((folder / f"{i:05d}.png").exists() for i in range(total)), total)
         for group in sorted({i // cfg.batch_size for i in missing}):
             indices = range(group * cfg.batch_size, (group + 1) * cfg.batch_size)
             images = _sample(pipe, prompt, texts, seed, list(indices), cfg, device)

@@ -6,14 +6,18 @@ Layout::
     RUN/base/pytorch_lora_weights.safetensors   (or unet/ for a full fine-tune)
     RUN/base/checkpoints/step-N/        COMPLETE marker written last, folder renamed into place
     RUN/sr/...                          the same for stage two
+    RUN/.reserved-<stage>               disk space held for the final weights while the stage trains
 
 Nothing half-written is ever visible under its final name: files go through ``atomic_path`` and
-checkpoints through a temporary folder that is renamed once its ``COMPLETE`` marker exists.
+checkpoints through a temporary folder that is renamed once its ``COMPLETE`` marker exists. A
+training command writes ``run.json`` only once every check passed and training starts, so a
+refused command changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cascade_booth.diskspace import WRITE_ERRORS, WriteError, failed
 from cascade_booth.errors import RunError
 
 COMPLETE = "COMPLETE"
@@ -35,38 +40,57 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success fsync and rename it into place.
 
     Readers see the old file or the new complete one, never a partial one; the folder is fsynced
-    after the rename so the new name survives a crash (where the filesystem allows it).
+    after the rename so the new name survives a crash (where the filesystem allows it). With
+    ``overwrite=False`` an existing ``final`` is never replaced (not even by a concurrent writer).
+    Any write failure becomes a one-line ``WriteError`` naming ``final``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as err:
+        raise WriteError(failed(final, err), err) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual permissions
     try:
         yield tmp
         _fsync(tmp)
-        os.replace(tmp, final)
+        _publish(tmp, final, overwrite)
+    except WriteError:
+        raise
+    except WRITE_ERRORS as err:
+        raise WriteError(failed(final, err), err) from None
     finally:
         tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # some filesystems refuse to fsync a folder
         _fsync(final.parent)
 
 
-class WriteError(RunError):
-    """A run file could not be written (disk full, permissions); the previous version is intact."""
-
-
-def write_json(path: Path, data: Any) -> None:
+def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, final)
+        return
     try:
-        with atomic_path(path) as tmp:
+        os.link(tmp, final)  # unlike a rename, a link never replaces an existing file
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this filesystem: check, then rename
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+        os.replace(tmp, final)
+
+
+def write_json(path: Path, data: Any, overwrite: bool = True) -> None:
+    try:
+        with atomic_path(path, overwrite) as tmp:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise WriteError(f"cannot write {path}: {err.strerror or err} (the previous version is intact)") from None
+    except WriteError as err:
+        raise WriteError(f"{err} (the previous version is intact)", err) from None
 
 
 def read_json(path: Path) -> Any:
@@ -79,6 +103,7 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # the folders lock() created, innermost first
 
     @property
     def meta_file(self) -> Path:
@@ -112,9 +137,15 @@ class RunFolder:
 
         The lock is an ``flock``: the kernel drops it when the holder exits, however it exits (a killed
         run leaves no stale lock), and a ``RunFolder`` that is garbage-collected releases it too.
+        Folders it creates are removed again by ``unlock`` if nothing but the lock was put in them,
+        so a refused command leaves no trace.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise WriteError(failed(self.path / ".lock", err), err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -127,13 +158,25 @@ class RunFolder:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd, self._made = fd, made
 
     def unlock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if fd is None:
+            return
+        made, self._made = self._made, []
+        try:
+            if made and [p.name for p in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink()  # while still held: no other process can have taken it
+            else:
+                made = []
+        except OSError:  # the folder went away meanwhile: nothing to tidy
+            made = []
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (another process's now): it stays
+                folder.rmdir()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

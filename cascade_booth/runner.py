@@ -32,12 +32,14 @@ from cascade_booth.errors import InputError, RunError
 from cascade_booth.evaluation.prompts import class_prompt
 from cascade_booth.identifier import fill_identifier
 from cascade_booth.lora import LORA_WEIGHTS
-from cascade_booth.models import cache_dir, load_pretrained, resolve_model
+from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.pngmeta import render_meta, write_renders
 from cascade_booth.runfolder import RunFolder
+from cascade_booth.safeload import load_pretrained, load_state_dict
 from cascade_booth.sampling import make_scheduler, sample_base, sample_sr, to_pil
 from cascade_booth.session import device as default_device
-from cascade_booth.text import TextEmbeddings
+from cascade_booth.text import TextEmbeddings, check_prompts, load_tokenizer
+from cascade_booth.writable import check_cache, check_writable
 
 Warn = Callable[[str], None]
 
@@ -181,6 +183,8 @@ def plan_upscaler(cfg: Config, req: RenderRequest) -> Path | None:
 
 def plan_render(req: RenderRequest) -> Plan:
     """Validate the whole request (run, prompts, stages, models) without loading any weights."""
+    from stages.sr import text_model_path
+
     run = RunFolder(req.run)
     meta = run.read()
     cfg = from_dict(Config, meta.get("config", {}), f"{run.meta_file} config")
@@ -197,7 +201,10 @@ def plan_render(req: RenderRequest) -> Plan:
     base = plan_base(run, meta, cfg, req)
     sr = plan_sr(run, meta, cfg, req, notes)
     upscaler = plan_upscaler(cfg, req)
+    notes += check_prompts(load_tokenizer(text_model_path(meta)), templates, prompts)  # before any model loads
     out = Path(req.out) if req.out is not None else run.path / "renders"
+    check_writable(out, "--out" if req.out is not None else "render folder")
+    check_cache()
     return Plan(run, meta, templates, prompts, out, num_images, req.seed, base, sr, upscaler, notes, kinds)
 
 
@@ -205,15 +212,19 @@ def load_stage_unet(stage: StagePlan, device: torch.device, dtype: torch.dtype):
     """The stage's UNet with the run's adapter (peft) or fine-tuned weights, in eval mode."""
     from diffusers import UNet2DConditionModel
     from diffusers.utils import convert_unet_state_dict_to_peft
-    from safetensors.torch import load_file
 
     if stage.weights is not None and stage.weights.is_dir():
         unet = load_pretrained(UNet2DConditionModel, stage.weights)
     else:
         unet = load_pretrained(UNet2DConditionModel, stage.model_path / "unet")
         if stage.weights is not None:
-            state = {k.removeprefix("unet."): v for k, v in load_file(str(stage.weights)).items()}
-            unet.load_lora_adapter(convert_unet_state_dict_to_peft(state), prefix=None, adapter_name="cascade-booth")
+            state = {k.removeprefix("unet."): v for k, v in load_state_dict(stage.weights).items()}
+            try:
+                unet.load_lora_adapter(convert_unet_state_dict_to_peft(state), prefix=None,
+                                       adapter_name="cascade-booth")
+            except (ValueError, RuntimeError, KeyError) as err:  # a readable file that is no adapter of this UNet
+                raise RunError(f"{stage.weights}: not a LoRA adapter of {stage.model_path / 'unet'} "
+                               f"({str(err).strip().splitlines()[0][:200]})") from None
     cache_text_conditioning(unet)  # the prompts are fixed for all denoising steps
     return unet.to(device, dtype).eval()
 
@@ -271,7 +282,7 @@ def upscale(plan: Plan, images: list[list], device: torch.device) -> list[list]:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     with warnings.catch_warnings():  # newer diffusers call it ``dtype``; older ones know only ``torch_dtype``
         warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
-        pipe = StableDiffusionUpscalePipeline.from_pretrained(plan.upscaler, torch_dtype=dtype).to(device)
+        pipe = load_pretrained(StableDiffusionUpscalePipeline, plan.upscaler, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     out = []
     for prompt, row in zip(plan.prompts, images, strict=True):
@@ -306,7 +317,11 @@ def render_run(req: RenderRequest) -> list[Path]:
     images = [to_pil(t) for t in tensors]
     if plan.upscaler is not None:
         images = upscale(plan, images, device)
-    return write_outputs(plan, images)
+    paths = write_outputs(plan, images)
+    if paths and paths[0].parent != plan.out:  # an earlier render holds these names: say where this one went
+        (req.warn or _echo_warning)(f"{plan.out} already holds renders with these names, which are kept: "
+                                    f"this render is in {paths[0].parent}")
+    return paths
 
 
 __all__ = ["Plan", "RenderRequest", "StagePlan", "plan_render", "read_prompts", "render_run", "sample_cascade"]

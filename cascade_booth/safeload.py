@@ -1,25 +1,30 @@
-"""Safe loading and atomic saving of weight files.
+"""The one way the package opens weight files, and atomic saving of them.
 
-``.safetensors`` files are loaded after their header has been validated here (so a
-truncated or hostile file gives a clear :class:`InputError` instead of a crash or a huge
-allocation). Pickle-based checkpoints (``.bin``, ``.ckpt``, ``.pt``, ``.pth``) can run
-arbitrary code when unpickled, so they are refused unless the caller opts in with
-``allow_pickle=True`` (the CLI's ``--allow-pickle``); even then they are read with
-``torch.load(weights_only=True)``, whose restricted unpickler never calls arbitrary
-globals.
+Every weight file goes through here: flat tensor files (LoRA adapters, checkpoints, cached
+embeddings) through :func:`load_state_dict`, model and pipeline folders (our models, the
+evaluators, the upscaler) through :func:`load_pretrained`. Either way every ``.safetensors``
+header is validated first, so a truncated, corrupt or hostile file is one :class:`InputError`
+naming the file instead of a library traceback or a huge allocation, and whatever else the
+libraries raise while reading is turned into one line naming what was loaded.
+
+Pickle-based checkpoints (``.bin``, ``.ckpt``, ``.pt``, ``.pth``) can run arbitrary code when
+unpickled, so they are refused unless the user opts in (``--allow-pickle``, which sets
+``CASCADE_BOOTH_ALLOW_PICKLE``); even then flat files are read with
+``torch.load(weights_only=True)``, whose restricted unpickler never calls arbitrary globals.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cascade_booth.errors import InputError
+from cascade_booth.errors import InputError, ModelNotFoundError
 from cascade_booth.runfolder import atomic_path
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -27,21 +32,38 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 PICKLE_SUFFIXES: frozenset[str] = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
 
+# What the libraries raise for a damaged or unloadable file (safetensors' own error is no OSError).
+LOAD_ERRORS = (OSError, SafetensorError, ValueError, RuntimeError, EOFError, KeyError)
+
 _DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
     "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }
 
 
-def load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+class LoadError(ModelNotFoundError):
+    """A model, pipeline or tokenizer could not be loaded; ``reason`` is the library's first line."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def pickles_allowed() -> bool:
+    """Pickled weights (.bin/.ckpt/.pt) can run code when loaded: refused unless the user opted in."""
+    return os.environ.get("CASCADE_BOOTH_ALLOW_PICKLE", "0").lower() in ("1", "true", "yes")
+
+
+def load_state_dict(path: Path, allow_pickle: bool | None = None) -> dict[str, torch.Tensor]:
     """Load a flat ``name -> tensor`` mapping from a safetensors (or, opted in, pickle) file.
 
     The format is decided by content first (a valid-looking safetensors header wins, whatever
-    the suffix), then by suffix. Tensors are loaded on the CPU.
+    the suffix), then by suffix. Tensors are loaded on the CPU. ``allow_pickle`` defaults to
+    the user's ``--allow-pickle``.
 
     Raises:
         InputError: the file is missing, corrupt, truncated, of an unknown format, or a
-            pickle file while ``allow_pickle`` is False. The message names the file.
+            pickle file while pickles are not allowed. The message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -50,8 +72,47 @@ def load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
     if _looks_like_safetensors(head) or path.suffix.lower() == ".safetensors":
         return _load_safetensors(path)
     if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
-        return _load_pickle(path, allow_pickle)
+        return _load_pickle(path, pickles_allowed() if allow_pickle is None else allow_pickle)
     raise InputError(f"{path}: unrecognised weights format (expected a .safetensors file)")
+
+
+def load_pretrained(cls, source: str | Path, *, safetensors_only: bool | None = None, **kwargs):
+    """``cls.from_pretrained(source, **kwargs)`` for a model, a pipeline or a tokenizer, checked first.
+
+    A local folder's safetensors files (its own, and its components' except those passed as None)
+    are validated before the library reads any of them. ``safetensors_only`` (default: unless
+    --allow-pickle) adds ``use_safetensors=True``; False keeps the library's own choice (tokenizers,
+    which have no weights; the evaluators). Whatever the library raises becomes one
+    :class:`LoadError` naming ``source`` (with the pickle files, when only those exist).
+    """
+    folder = Path(source).expanduser()
+    local = folder.is_dir()
+    if local:
+        check_weight_folder(folder, skip={name for name, value in kwargs.items() if value is None})
+    only = not pickles_allowed() if safetensors_only is None else safetensors_only
+    try:
+        return cls.from_pretrained(source, **({"use_safetensors": True} if only else {}), **kwargs)
+    except LOAD_ERRORS as err:
+        reason = _first_line(err)
+        pickles = _pickle_files(folder) if local and only else []
+        if pickles:
+            raise LoadError(
+                f"{source}: has only pickled weights ({', '.join(pickles)}), which can execute code when loaded. "
+                "Convert them to safetensors, or pass --allow-pickle if you trust the source.", reason
+            ) from None
+        raise LoadError(f"{source}: cannot load {cls.__name__}: {reason}", reason) from None
+
+
+def check_weight_folder(folder: Path, skip: Collection[str] = ()) -> None:
+    """Validate the header of every safetensors file in ``folder`` and its component folders (not ``skip``)."""
+    folder = Path(folder)
+    own = list(folder.glob("*.safetensors"))
+    parts = [p for p in folder.glob("*/*.safetensors") if p.parent.name not in skip]
+    for path in sorted(own + parts):
+        try:
+            validate_safetensors_header(path)
+        except OSError as err:
+            raise InputError(f"cannot read weights file {path}: {err.strerror or err}") from None
 
 
 def save_state_dict(
@@ -166,6 +227,17 @@ def _load_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             raise InputError(f"{path}: expected a flat mapping of names to tensors, but entry "
                              f"{name!r} is a {type(value).__name__}")
     return dict(loaded)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _pickle_files(folder: Path) -> list[str]:
+    """Pickled weight files in a model folder or its component folders, relative to ``folder``."""
+    found = [p for ext in sorted(PICKLE_SUFFIXES) for p in (*folder.glob(f"*{ext}"), *folder.glob(f"*/*{ext}"))]
+    return sorted(str(p.relative_to(folder)) for p in found)
 
 
 def _short_torch_error(exc: BaseException) -> str:

@@ -13,13 +13,70 @@ import hashlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from cascade_booth.identifier import preprocess_prompt
-from cascade_booth.models import load_pretrained, model_fingerprint
+from cascade_booth.errors import InputError
+from cascade_booth.identifier import check_identifier, class_prompt, identifier_warnings, preprocess_prompt
+from cascade_booth.models import model_fingerprint
 from cascade_booth.runfolder import atomic_path
+from cascade_booth.safeload import load_pretrained, load_state_dict
 
-MAX_LENGTH = 77
+MAX_LENGTH = 77  # IF's T5 context, end token included: longer prompts would be cut silently
+
+
+def load_tokenizer(model_path: Path):
+    """The model's T5 tokenizer (``model_path/tokenizer``); a damaged one is one line naming it."""
+    from transformers import T5Tokenizer
+
+    return load_pretrained(T5Tokenizer, model_path / "tokenizer", safetensors_only=False)
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` for a one-line message: a 10,000-character prompt is shown by its start."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_prompt(tokenizer, prompt: str, what: str) -> list[str]:
+    """Refuse a prompt the text encoder would truncate; return a warning for words it cannot spell.
+
+    ``what`` names the prompt for the user (the flag or the prompt itself).
+    """
+    ids = tokenizer(preprocess_prompt(prompt), add_special_tokens=True).input_ids
+    if len(ids) > MAX_LENGTH:
+        raise InputError(f"{what} is {len(ids)} tokens long for the text encoder; the limit is {MAX_LENGTH} "
+                         "(IF's T5 context, end token included): shorten it")
+    unk = tokenizer.unk_token_id
+    unknown = [] if unk is None else [word for word in preprocess_prompt(prompt).split()
+                                      if unk in tokenizer(word, add_special_tokens=False).input_ids]
+    if not unknown:
+        return []
+    return [f"{what}: the text encoder cannot spell {', '.join(repr(w) for w in unknown)} and reads "
+            f"{tokenizer.unk_token} (unknown) in its place; use words it knows"]
+
+
+def check_prompts(tokenizer, templates: list[str], prompts: list[str]) -> list[str]:
+    """:func:`check_prompt` for each prompt, named as the user wrote it (``templates``, with [V])."""
+    return [note for template, prompt in zip(templates, prompts, strict=True)
+            for note in check_prompt(tokenizer, prompt, f"prompt '{shorten(template)}'")]
+
+
+def check_training_text(tokenizer, class_noun: str, identifier: str | None,
+                        rule: dict[str, int] | None = None) -> list[str]:
+    """Check the class noun (and a given identifier) before a training starts; returns warnings.
+
+    The instance prompt "a [V] <class noun>" must fit the text encoder: [V] is one token, whether
+    given (checked here) or chosen later, so the class prompt plus one token is its length.
+    """
+    what = f"--class-noun '{shorten(class_noun)}'"
+    warnings = []
+    if identifier is not None:
+        check_identifier(tokenizer, identifier, class_noun, **(rule or {}))
+        warnings += identifier_warnings(identifier)
+    n = len(tokenizer(preprocess_prompt(class_prompt(class_noun)), add_special_tokens=True).input_ids) + 1
+    if n > MAX_LENGTH:
+        raise InputError(f"{what} is too long: the instance prompt 'a [V] {shorten(class_noun, 30)}' is {n} tokens "
+                         f"for the text encoder; the limit is {MAX_LENGTH} (IF's T5 context): use a short class noun")
+    return warnings + check_prompt(tokenizer, class_noun, what)
 
 
 def _key(model_path: Path, prompt: str) -> str:
@@ -58,9 +115,9 @@ class TextEmbeddings:
                 self._encode_all(missing, device, batch_size)
 
     def _encode_all(self, missing: list[str], device: str | torch.device, batch_size: int) -> None:
-        from transformers import T5EncoderModel, T5Tokenizer
+        from transformers import T5EncoderModel
 
-        tokenizer = T5Tokenizer.from_pretrained(self.model_path / "tokenizer")
+        tokenizer = load_tokenizer(self.model_path)
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         encoder = load_pretrained(T5EncoderModel, self.model_path / "text_encoder", torch_dtype=dtype).to(device)
         encoder.eval()
@@ -80,6 +137,8 @@ class TextEmbeddings:
     @staticmethod
     @torch.no_grad()
     def _encode(tokenizer, encoder, prompts: list[str], device) -> torch.Tensor:
+        for prompt in prompts:  # the last guard: the entry points refuse long prompts before any work
+            check_prompt(tokenizer, prompt, f"prompt '{shorten(prompt)}'")
         tokens = tokenizer(
             [preprocess_prompt(p) for p in prompts], padding="max_length", max_length=MAX_LENGTH,
             truncation=True, add_special_tokens=True, return_tensors="pt",
@@ -92,7 +151,12 @@ class TextEmbeddings:
             path = self._file(prompt)
             if not path.exists():
                 self.ensure([prompt])
-            self._memo[prompt] = load_file(str(path))["embeds"]
+            try:
+                self._memo[prompt] = load_state_dict(path)["embeds"]
+            except (InputError, KeyError):  # a damaged cache entry is ours: encode it again
+                path.unlink(missing_ok=True)
+                self.ensure([prompt])
+                self._memo[prompt] = load_state_dict(path)["embeds"]
         return self._memo[prompt]
 
     def stack(self, prompts: list[str]) -> torch.Tensor:

@@ -10,6 +10,8 @@ Resume rules: ``resume=True`` continues from the newest complete checkpoint; wit
 step 0 (a run interrupted before its first checkpoint); on a finished run (a checkpoint at
 ``cfg.steps`` exists) it trains nothing. A run with checkpoints enabled always ends with a checkpoint
 at its last step, so a crash while the stage's final weights are written loses no training.
+``--resume`` may raise ``cfg.steps`` (never below the newest checkpoint: ``session.check_resume``): the
+learning-rate schedule does not depend on the total, so 4 steps resumed to 6 equal 6 steps straight.
 
 Non-finite steps: a step whose loss or gradients are not finite is not applied (fp16 with a grad
 scaler: the scaler's skipped steps are not counted, it lowers its scale by design); after
@@ -33,7 +35,7 @@ import torch
 from cascade_booth import checkpoint as ckpt
 from cascade_booth.condcache import uncache_text_conditioning
 from cascade_booth.config import StageConfig
-from cascade_booth.errors import InputError, TrainingAborted
+from cascade_booth.errors import InputError, RunError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
 from cascade_booth.losses import prior_weighted_mean
 from cascade_booth.optim import InBackwardAdamW, in_backward_problems, make_optimizer
@@ -99,6 +101,8 @@ class _Interrupt(StopSignals):
 
 
 def _warmup(steps: int) -> Callable[[int], float]:
+    # Linear warmup, then constant. A schedule that used cfg.steps (e.g. cosine decay to the end) would make
+    # a resume that raises steps differ from a straight run: session.check_resume would then have to refuse it.
     warmup = max(steps, 1)
     return lambda s: min(1.0, (s + 1) / warmup)
 
@@ -134,6 +138,13 @@ class _Loop:
         if found is None:
             self.cb.events.append("resume: no complete checkpoint, starting at step 0")
             return 0
+        if found.final:  # kept when the final weights could not be written: no optimizer state to train on
+            if found.step < self.cfg.steps:
+                raise RunError(f"{found.folder} holds the final weights of step {found.step} only, not the optimizer "
+                               f"state, so training cannot continue from it: resume with --steps {found.step} to "
+                               "write them, or start over with --force")
+            self.cb.events.append(f"resume: final weights kept in {found.folder.name}")
+            return found.step
         self.bad_steps = found.bad_steps
         if self.schedule.base_lrs != [self.cfg.lr] * len(self.schedule.base_lrs):  # --allow-drift changed lr
             self.schedule.base_lrs = [self.cfg.lr] * len(self.schedule.base_lrs)

@@ -7,7 +7,6 @@ instance mean plus ``prior.weight`` times the class mean (``losses.prior_weighte
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,18 @@ from cascade_booth.prior import class_images
 from cascade_booth.session import RunContext, TrainRequest, device, open_run
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
-from stages.common import EpochOrder, LossLog, finish_stage, load_unet, open_rgb, stack_images
+from cascade_booth.writable import check_cache, check_writable
+from stages.common import (
+    EpochOrder,
+    LossLog,
+    before_start,
+    commit,
+    finish_stage,
+    load_unet,
+    open_rgb,
+    release_space,
+    stack_images,
+)
 
 NAME = "base"
 
@@ -70,6 +80,8 @@ def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path
 
     cfg = req.config
     parallel.init()  # under a launcher: join the process group before the run folder is touched
+    check_writable(req.run, "--run")
+    check_cache()
     model_path = resolve_model(cfg.model.base, stage=1)
     resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
     ctx = open_run(req, NAME, model_path, min_size=resolution)
@@ -84,8 +96,6 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
     from diffusers import DDPMScheduler
 
     cfg = req.config
-    if req.force and not req.resume and parallel.is_main():  # the others read nothing of it before training
-        shutil.rmtree(ctx.run.stage_dir(NAME), ignore_errors=True)
     dev = device()
     texts = TextEmbeddings(model_path, cache_dir())
     prompts = [ctx.meta["instance_prompt"], ctx.meta["class_prompt"], ""]
@@ -143,11 +153,14 @@ def run(req: TrainRequest, callbacks: Callbacks | None = None, progress=None) ->
     callbacks = callbacks or Callbacks()
     if cfg.validation_every and callbacks.on_validation is None and parallel.is_main():
         callbacks.on_validation = make_validator(ctx, job, model_path, req.config)
+    clear = req.force and not req.resume  # --force: the old stage one goes once training starts, not before
+    callbacks = before_start(LossLog.attach(callbacks, ctx.run.stage_dir(NAME)),
+                             lambda: commit(ctx, NAME, job.unet, cfg.full, clear=clear))
     try:
-        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume,
-              LossLog.attach(callbacks, ctx.run.stage_dir(NAME)))
+        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume, callbacks)
         finish_stage(ctx, NAME, job.unet, cfg, model_path, extra={"prior": req.config.prior.enabled})
     finally:
+        release_space(ctx.run, NAME)
         ctx.run.unlock()
     return ctx
 

@@ -1,25 +1,35 @@
-"""Pieces both stages share: data order, image stacks, UNet loading, saving a finished stage."""
+"""Pieces both stages share: data order, image stacks, UNet loading, recording a run, saving a finished stage.
+
+A stage changes its run folder only once training starts (``commit``, from the trainer's
+``on_start``): a command refused by any check before that, even one in the trainer, changes nothing.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from cascade_booth import checkpoint as ckpt
 from cascade_booth import parallel
 from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import StageConfig
+from cascade_booth.diskspace import WRITE_ERRORS, failed, file_bytes, reason, release, reserve
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
-from cascade_booth.models import load_pretrained
-from cascade_booth.runfolder import WriteError, atomic_path
+from cascade_booth.runfolder import RunFolder, WriteError, atomic_path, checkpoint_steps
+from cascade_booth.safeload import load_pretrained
 from cascade_booth.session import RunContext
 from cascade_booth.trainer import Callbacks, derive_seed
 
@@ -78,24 +88,56 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
     return unet, params
 
 
+def _reserved(run: RunFolder, name: str) -> Path:
+    return run.path / f".reserved-{name}"
+
+
+def final_bytes(unet: torch.nn.Module, full: bool) -> int:
+    """About the size of the stage's final weights file(s)."""
+    return file_bytes(ckpt.trained_tensors(unet, full).values())
+
+
+def before_start(callbacks: Callbacks, fn: Callable[[], None]) -> Callbacks:
+    """``callbacks`` whose ``on_start`` first calls ``fn``: the trainer calls it once all its checks passed."""
+    start = callbacks.on_start
+
+    def on_start(first: int, total: int) -> None:
+        fn()
+        if start:
+            start(first, total)
+
+    return dataclasses.replace(callbacks, on_start=on_start)
+
+
+def commit(ctx: RunContext, name: str, unet: torch.nn.Module, full: bool, clear: bool = False) -> None:
+    """Training starts: hold the final weights' disk space, clear the old stage (``clear``), write run.json.
+
+    Main process only; the others learn of a failure here rather than wait in the first step.
+    """
+
+    def write() -> None:
+        reserve(_reserved(ctx.run, name), final_bytes(unet, full), f"the final weights of stage '{name}'")
+        if clear:
+            shutil.rmtree(ctx.run.stage_dir(name), ignore_errors=True)
+        ctx.run.write(ctx.meta)
+
+    parallel.main_first(write, lambda: None)
+
+
+def release_space(run: RunFolder, name: str) -> None:
+    if parallel.is_main():  # the file is the main process's, in a folder all processes may share
+        release(_reserved(run, name))
+
+
 def save_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> list[str]:
     """Write the final adapter (or full UNet) into ``folder`` through a temporary folder."""
-    try:
-        return _write_stage_weights(unet, folder, full)
-    except OSError as err:
-        raise WriteError(
-            f"{folder}: could not write the final weights ({err.strerror or err}); the last checkpoint is "
-            "intact: free space and run again with --resume"
-        ) from None
-
-
-def _write_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=folder))
     try:
         if full:
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
-            shutil.rmtree(folder / "unet", ignore_errors=True)
+            if (folder / "unet").exists():  # the old UNet goes only once the new one is complete
+                os.replace(folder / "unet", tmp / "old-unet")
             os.replace(tmp / "unet", folder / "unet")
             return ["unet"]
         save_lora(unet, tmp)
@@ -105,13 +147,34 @@ def _write_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> lis
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _kept_for_resume(ctx: RunContext, name: str, unet: torch.nn.Module, cfg: StageConfig, err: BaseException) -> str:
+    """Why the final weights are not written, and where the trained weights wait for ``--resume``."""
+    path = ctx.run.stage_dir(name) / ("unet" if cfg.full else LORA_WEIGHTS)
+    head = failed(path, err, final_bytes(unet, cfg.full))
+    root = ctx.run.checkpoint_root(name)
+    steps = checkpoint_steps(root)
+    if not steps or steps[-1] < cfg.steps:  # no checkpoint holds them (--checkpoint-every 0)
+        try:
+            ckpt.save_final(root, cfg.steps, unet, cfg)
+            steps.append(cfg.steps)
+        except WRITE_ERRORS as second:
+            last = f"the last checkpoint step-{steps[-1]} is intact" if steps else "there is no earlier checkpoint"
+            return f"{head}; the trained weights could not be kept as a checkpoint either ({reason(second)}); {last}"
+    return (f"{head}. The trained weights are kept in {root / f'step-{steps[-1]}'}: free some space and run the "
+            "same command with --resume to write them (nothing is trained again)")
+
+
 def finish_stage(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
     """Write the final weights and mark the stage done: on the main process; the others wait for it."""
     parallel.main_first(lambda: _finish(ctx, name, unet, cfg, model_path, extra), lambda: None)
 
 
 def _finish(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
-    files = save_stage_weights(unet, ctx.run.stage_dir(name), cfg.full)
+    release_space(ctx.run, name)  # held for exactly this write
+    try:
+        files = save_stage_weights(unet, ctx.run.stage_dir(name), cfg.full)
+    except WRITE_ERRORS as err:
+        raise WriteError(_kept_for_resume(ctx, name, unet, cfg, err), err) from None
     meta = ctx.run.read()
     meta.setdefault("stages", {})[name] = {
         "done": True, "steps": cfg.steps, "model_path": str(model_path), "files": files,
@@ -126,13 +189,15 @@ class LossLog:
 
     The loss is the step's mean over all micro-batches and processes (null for a skipped, non-finite
     step). On resume the lines past the restored step are dropped first, so the file always tells the
-    history of the weights that were trained.
+    history of the weights that were trained. A line the disk has no room for waits in memory and
+    goes out with the next one: a full disk stops training at a checkpoint, never for its log.
     """
 
     FILE = "losses.jsonl"
 
     def __init__(self, folder: Path):
         self.path = folder / self.FILE
+        self.pending = b""  # lines not yet in the file (disk full)
 
     @classmethod
     def attach(cls, callbacks: Callbacks, folder: Path) -> Callbacks:
@@ -155,13 +220,49 @@ class LossLog:
 
     def start(self, first: int) -> None:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= first]
+        kept = [line for line in lines if 0 < _logged_step(line) <= first]
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
 
     def step(self, done: int, loss: float, lr: float) -> None:
-        with self.path.open("a") as out:  # appended and flushed per step: a crash loses no finished line
-            out.write(json.dumps({"step": done, "loss": loss if math.isfinite(loss) else None, "lr": lr}) + "\n")
+        line = json.dumps({"step": done, "loss": loss if math.isfinite(loss) else None, "lr": lr}) + "\n"
+        waiting, self.pending = self.pending, self.pending + line.encode()
+        try:
+            _append(self.path, self.pending)  # appended per step: a crash loses no finished line
+        except WriteError as err:
+            if not waiting:  # say it once, not every step
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"warning: {err}; the loss log waits in memory, training goes on", file=sys.stderr)
+            return
+        self.pending = b""
 
 
-__all__ = ["EpochOrder", "LossLog", "add_lora", "finish_stage", "load_unet", "open_rgb", "stack_images"]
+def _logged_step(line: str) -> int:
+    """The step of a loss-log line; 0 for a line that is not one (cut short by a crash)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` whole or not at all: a full disk must not leave half a line behind."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise WriteError(failed(path, err), err) from None
+    size = os.fstat(fd).st_size
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise WriteError(failed(path, err), err) from None
+    finally:
+        os.close(fd)
+
+
+__all__ = ["EpochOrder", "LossLog", "add_lora", "before_start", "commit", "finish_stage", "load_unet", "open_rgb",
+           "release_space", "stack_images"]

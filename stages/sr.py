@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,20 @@ from cascade_booth.errors import InputError, ModelNotFoundError, RunError
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.runfolder import RunFolder, checkpoint_steps
-from cascade_booth.session import RunContext, check_resume, device, load_subject, subject_fingerprint
+from cascade_booth.session import RunContext, check_resume, device, load_subject, stage_progress, subject_fingerprint
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
-from stages.common import EpochOrder, LossLog, finish_stage, load_unet, stack_images
+from cascade_booth.writable import check_cache, check_writable
+from stages.common import (
+    EpochOrder,
+    LossLog,
+    before_start,
+    commit,
+    finish_stage,
+    load_unet,
+    release_space,
+    stack_images,
+)
 
 NAME = "sr"
 
@@ -111,10 +122,15 @@ def resolve_config(req: SRRequest, meta: dict[str, Any]) -> Config:
 def finished_stage_one(run: RunFolder, meta: dict[str, Any]) -> dict[str, Any]:
     """``stages.base`` of a run whose stage one finished, else a RunError saying what to do."""
     base = meta.get("stages", {}).get("base", {})
-    if not base.get("done"):
-        raise RunError(f"{run.path}: stage one is not finished in this run folder; train it first with "
-                       f"`cascade-booth train-base --subject PHOTOS --class-noun NOUN --run {run.path}`")
-    return base
+    if base.get("done"):
+        return base
+    command = (f"cascade-booth train-base --subject {shlex.quote(str(meta.get('subject', 'PHOTOS')))} "
+               f"--class-noun {shlex.quote(str(meta.get('class_noun', 'NOUN')))} --run {shlex.quote(str(run.path))}")
+    held = stage_progress(run, meta, "base")
+    if held:  # what it holds is continued with --resume: the plain command would be refused
+        raise RunError(f"{run.path}: stage one is not finished (it holds {held}); continue it with "
+                       f"`{command} --resume` and the other flags it was started with")
+    raise RunError(f"{run.path}: stage one is not finished in this run folder; train it first with `{command}`")
 
 
 def text_model_path(meta: dict[str, Any]) -> Path:
@@ -186,25 +202,18 @@ def _check_start(run: RunFolder, meta: dict[str, Any], record: dict[str, Any], r
             return {"seed": r.get("seed"), "models": {"sr": r.get("model")}, "subject_files": r.get("subject_files"),
                     "config": {NAME: r.get("config")}}
 
-        check_resume(view(previous), view(record), NAME, req.allow_drift)
+        trained = (checkpoint_steps(run.checkpoint_root(NAME)) or [0])[-1]
+        check_resume(view(previous), view(record), NAME, req.allow_drift, trained)
     elif earlier and not req.resume:
         raise RunError(f"{folder} already holds stage-two checkpoints or weights: pass --resume to continue, "
                        f"or delete {folder} to train stage two from scratch")
 
 
-def _lock_and_write(run: RunFolder, meta: dict[str, Any]) -> None:
-    run.lock()
-    try:
-        run.write(meta)
-    except BaseException:
-        run.unlock()
-        raise
-
-
 def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
     """Validate everything, lock the run, then build the SR UNet, pairs and embeddings.
 
-    The caller owns the lock: ``ctx.run.unlock()`` when done (``run`` does).
+    The caller owns the lock: ``ctx.run.unlock()`` when done (``run`` does). Nothing is written:
+    ``run`` records the stage in run.json once training starts.
     """
     from diffusers import DDPMScheduler
 
@@ -212,16 +221,18 @@ def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
     run = RunFolder(req.run)
     meta = run.read()
     base = finished_stage_one(run, meta)
+    check_writable(run.path, "--run")
+    check_cache()
     cfg = resolve_config(req, meta)
     model_path = resolve_model(cfg.model.sr, stage=2)
     base_res = int(base["resolution"])
     sr_res = check_sr_model(model_path, cfg.model.sr, base_res)
     images, warnings = load_pairs(meta, base_res, sr_res, req.allow_drift)
     record = _record(meta, cfg, model_path, base_res, sr_res, images)
-    _check_start(run, meta, record, req)
-    meta.setdefault("stages", {})[NAME] = {"done": False, **record}
-    parallel.main_first(lambda: _lock_and_write(run, meta), lambda: None)  # the others keep this meta in memory
+    parallel.main_first(run.lock, lambda: None)  # before the state checks: a run in use is "in use", whatever it holds
     try:
+        _check_start(run, meta, record, req)
+        meta.setdefault("stages", {})[NAME] = {"done": False, **record}
         texts = TextEmbeddings(text_model_path(meta), cache_dir())
         texts.ensure([record["prompt_text"]], device=device())
         unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
@@ -242,12 +253,14 @@ def run(req: SRRequest, callbacks: Callbacks | None = None, progress=None) -> Ru
     """``cascade-booth train-sr``: prepare, train, save the adapter (or UNet) into ``RUN/sr``."""
     ctx, job, cfg = prepare(req, progress)
     record = ctx.meta["stages"][NAME]
+    callbacks = before_start(LossLog.attach(callbacks or Callbacks(), ctx.run.stage_dir(NAME)),
+                             lambda: commit(ctx, NAME, job.unet, cfg.sr.full))
     try:
-        train(job, cfg.sr, ctx.run.checkpoint_root(NAME), cfg.seed, req.resume,
-              LossLog.attach(callbacks or Callbacks(), ctx.run.stage_dir(NAME)))
+        train(job, cfg.sr, ctx.run.checkpoint_root(NAME), cfg.seed, req.resume, callbacks)
         extra = {k: v for k, v in record.items() if k not in ("done", "model_path")}
         finish_stage(ctx, NAME, job.unet, cfg.sr, Path(record["model_path"]), extra=extra)
     finally:
+        release_space(ctx.run, NAME)
         ctx.run.unlock()
     ctx.meta = ctx.run.read()
     return ctx

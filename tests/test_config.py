@@ -55,7 +55,7 @@ def test_cli_overrides_win_over_file_values():
     cfg = load_config("tiny")
     apply_overrides(cfg, "base", steps=9, lr=None)
     assert cfg.base.steps == 9 and cfg.base.lr == load_config("tiny").base.lr
-    with pytest.raises(InputError, match="lora_rank"):
+    with pytest.raises(InputError, match="--lora-rank must be >= 1"):  # named by the flag that set it
         apply_overrides(cfg, "base", lora_rank=0)
 
 

@@ -44,9 +44,11 @@ def test_max_chars_and_range_are_honoured(tokenizer):
 def test_user_identifier_is_checked(tokenizer):
     good = choose_identifier(tokenizer, "dog", 3)
     assert check_identifier(tokenizer, good, "dog") == good
-    for bad in ("zqxjvw", "two words", "", "SKS"):
+    for bad in ("zqxjvw", "two words", "SKS"):
         with pytest.raises(InputError, match="not a single lower-case token"):
             check_identifier(tokenizer, bad, "dog")
+    with pytest.raises(InputError, match="--identifier is empty"):
+        check_identifier(tokenizer, "", "dog")
 
 
 def test_fill_identifier():

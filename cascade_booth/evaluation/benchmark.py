@@ -29,6 +29,7 @@ from cascade_booth.evaluation.prompts import (
 )
 from cascade_booth.evaluation.report import combine_reports
 from cascade_booth.evaluation.runner import evaluate_subject
+from cascade_booth.paths import path_problem
 
 LISTING = "prompts_and_classes.txt"
 SUBJECT_SETTINGS = ("subject", "subject_dir", "class_noun", "identifier", "live_subject", "n_generated",
@@ -70,8 +71,8 @@ def _root(path: Path) -> Path | None:
 def load_dreambench(path: str | Path) -> DreamBench:
     """Read a DreamBench checkout; InputError naming DIR when it is missing or not DreamBench."""
     path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"--dreambench {path}: not found")
+    if problem := path_problem(path, "folder"):
+        raise InputError(f"--dreambench {path}: {problem}")
     root = _root(path)
     if root is None:
         raise InputError(f"--dreambench {path}: not a DreamBench checkout (expected {LISTING} and one folder "
@@ -134,8 +135,8 @@ def discover_benchmark(bench: DreamBench, subjects: Sequence[str], runs: str | P
     if (runs is None) == (generated is None):
         raise InputError("--dreambench needs exactly one of --runs RUNS_DIR or --generated GEN_DIR")
     option, top = ("--runs", Path(runs)) if runs is not None else ("--generated", Path(generated))
-    if not top.is_dir():
-        raise InputError(f"{option} {top}: not found")
+    if problem := path_problem(top, "folder"):
+        raise InputError(f"{option} {top}: {problem}")
     found, missing = [], {}
     for name in subjects:
         try:

@@ -27,6 +27,7 @@ from cascade_booth.evaluation.inputs import discover_generated, discover_run, li
 from cascade_booth.evaluation.prompts import resolve_prompts
 from cascade_booth.evaluation.report import fmt, write_reports
 from cascade_booth.evaluation.runner import evaluate_subject, resolve_class_noun
+from cascade_booth.writable import check_writable
 
 DEFAULT_OUT_SUBDIR = "evaluation"
 SUBJECTS_SUBDIR = "subjects"
@@ -48,8 +49,10 @@ def _out_dir(out_dir: Path | None, run_dir: Path | None, default: str = "--run")
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--out {out_dir}: exists and is not a folder")
+        check_writable(out_dir, "--out")
         return out_dir
     if run_dir is not None:
+        check_writable(run_dir / DEFAULT_OUT_SUBDIR, "output folder")
         return run_dir / DEFAULT_OUT_SUBDIR
     raise InputError(f"--out DIR is needed with --generated (with {default} it defaults to "
                      f"{default.strip('-').upper()}/{DEFAULT_OUT_SUBDIR})")

@@ -28,6 +28,7 @@ from cascade_booth.evaluation.preprocess import (
     read_preprocessor_config,
 )
 from cascade_booth.models import offline
+from cascade_booth.safeload import LoadError, load_pretrained
 
 DEFAULT_DINO = "facebook/dino-vits16"
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -78,11 +79,13 @@ def _processor_config(source: str, local: bool) -> dict:
         return {}
 
 
-def _from_pretrained(loader, source: str, local: bool, what: str, option: str, **kwargs):
+def _from_pretrained(cls, source: str, local: bool, what: str, option: str, **kwargs):
+    """``cls`` from a folder or the hub through the package's one loader (a damaged file is named),
+    keeping transformers' own weight-format choice; errors carry the evaluator's hints."""
     try:
-        return loader(source, local_files_only=local or offline(), **kwargs)
-    except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return load_pretrained(cls, source, safetensors_only=False, local_files_only=local or offline(), **kwargs)
+    except LoadError as err:
+        reason = err.reason
         if local:
             raise ModelNotFoundError(f"{what} model folder {source}: cannot be loaded ({reason}).") from err
         where = ("from the local Hugging Face cache (HF_HUB_OFFLINE is set, so nothing is downloaded)"
@@ -155,7 +158,7 @@ class DinoExtractor(_Extractor):
         from transformers import ViTModel
 
         source, local = resolve_source(name_or_path, "DINO", option, DEFAULT_DINO)
-        model = _from_pretrained(ViTModel.from_pretrained, source, local, "DINO", option,
+        model = _from_pretrained(ViTModel, source, local, "DINO", option,
                                  add_pooling_layer=False)
         preprocess = build_preprocess(_processor_config(source, local), int(model.config.image_size),
                                       IMAGENET_MEAN, IMAGENET_STD)
@@ -178,8 +181,8 @@ class ClipExtractor(_Extractor):
         from transformers import AutoTokenizer, CLIPModel
 
         source, local = resolve_source(name_or_path, "CLIP", option, DEFAULT_CLIP)
-        model = _from_pretrained(CLIPModel.from_pretrained, source, local, "CLIP", option)
-        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, local, "CLIP tokenizer", option)
+        model = _from_pretrained(CLIPModel, source, local, "CLIP", option)
+        tokenizer = _from_pretrained(AutoTokenizer, source, local, "CLIP tokenizer", option)
         size = int(model.config.vision_config.image_size)
         preprocess = build_preprocess(_processor_config(source, local), size, CLIP_MEAN, CLIP_STD)
         model = model.to(device=resolve_device(device), dtype=dtype)

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from cascade_booth.errors import InputError
+from cascade_booth.paths import path_problem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 RENDERS_DIR = "renders"
@@ -72,8 +73,8 @@ def discover_generated(folder: str | Path,
     Raises InputError when the folder is missing or holds no PNG with a prompt.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"generated images folder {folder}: not found")
+    if problem := path_problem(folder, "folder"):
+        raise InputError(f"generated images folder {folder}: {problem}")
     images, skipped = [], []
     for path in _image_files(folder, recursive):
         metadata = read_image_metadata(path)
@@ -102,8 +103,8 @@ def final_stage_only(images: list[GeneratedImage]) -> list[GeneratedImage]:
 def discover_run(run_dir: str | Path) -> tuple[list[GeneratedImage], list[Path]]:
     """Generated images of a run folder: PNGs anywhere under ``RUN/renders/`` (final stage only)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"run folder {run_dir}: not found")
+    if problem := path_problem(run_dir, "folder"):
+        raise InputError(f"run folder {run_dir}: {problem}")
     renders = run_dir / RENDERS_DIR
     if not renders.is_dir():
         raise InputError(f"run folder {run_dir}: has no {RENDERS_DIR}/ folder (render samples first, "
@@ -115,8 +116,8 @@ def discover_run(run_dir: str | Path) -> tuple[list[GeneratedImage], list[Path]]
 def list_subject_images(folder: str | Path) -> list[Path]:
     """The subject's real images (PNG/JPEG/WebP/BMP directly in ``folder``); InputError if none."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"subject folder {folder}: not found")
+    if problem := path_problem(folder, "folder"):
+        raise InputError(f"subject folder {folder}: {problem}")
     paths = _image_files(folder, recursive=False, suffixes=IMAGE_SUFFIXES)
     if not paths:
         raise InputError(f"subject folder {folder}: no images (expected {', '.join(IMAGE_SUFFIXES)})")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cascade_booth.errors import InputError
 from cascade_booth.identifier import PLACEHOLDER
+from cascade_booth.paths import path_problem
 
 V = PLACEHOLDER
 
@@ -148,8 +149,8 @@ def load_prompts_file(path: str | Path, class_noun: str) -> list[str]:
     """
     path = Path(path)
     noun = _check_noun(class_noun)
-    if not path.is_file():
-        raise InputError(f"prompts file {path}: not found (use --prompts dreambench or a text file)")
+    if problem := path_problem(path, "file"):
+        raise InputError(f"prompts file {path}: {problem} (use --prompts dreambench or a text file)")
     templates: list[str] = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()

@@ -38,6 +38,7 @@ from cascade_booth.sweep.report import write_outputs
 from cascade_booth.sweep.spec import Point, SweepSpec, expand, settings_hash
 from cascade_booth.sweep.tables import LABELS, METRICS
 from cascade_booth.sweep.train import train_point
+from cascade_booth.writable import check_cache, check_writable
 
 POINT_FILE = "point.json"
 STAGE_ONE_RESOLUTION = 64  # IF-I's (and the tiny cascade's); stage one re-checks with its model's size
@@ -168,14 +169,31 @@ def _conflict(pp: PointPlan) -> str | None:
     return f"point {pp.point.name} ({pp.folder}) was trained with other settings:\n  " + "\n  ".join(lines[:8])
 
 
+def check_text(points: list[Point], templates: dict[str, list[str]]) -> None:
+    """Class nouns and prompts against each stage-one model's tokenizer now, not at 77 tokens mid-sweep."""
+    from cascade_booth.identifier import fill_identifier
+    from cascade_booth.models import resolve_model
+    from cascade_booth.text import check_prompts, check_training_text, load_tokenizer
+
+    models = {p.config.model.base for p in points}
+    tokenizers = {model: load_tokenizer(resolve_model(model, stage=1)) for model in models}
+    for model, noun in sorted({(p.config.model.base, p.class_noun) for p in points}):
+        check_training_text(tokenizers[model], noun, None)
+        filled = [fill_identifier(t, "a") for t in templates[noun]]  # [V] is one token: "a" stands in for it
+        check_prompts(tokenizers[model], templates[noun], filled)
+
+
 def plan_sweep(spec: SweepSpec, out: Path) -> SweepPlan:
     """Check everything cheap (spec, configs, photos, prompts, existing folders) before any work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    check_writable(out, "--out")
+    check_cache()
     subject = subject_fingerprint(spec)
     points = expand(spec)
     templates = {noun: resolve_prompts(spec.prompts, noun)[0] for noun in {p.class_noun for p in points}}
+    check_text(points, templates)
     plans = [_plan_point(spec, out, p, subject, templates[p.class_noun]) for p in points]
     conflicts = [c for pp in plans if (c := _conflict(pp)) is not None]
     if conflicts:

@@ -39,6 +39,7 @@ from typing import Any, get_type_hints
 from cascade_booth.config import Config, from_dict, load_config, suggest, validate
 from cascade_booth.errors import InputError
 from cascade_booth.evaluation.extractors import DEFAULT_CLIP, DEFAULT_DINO
+from cascade_booth.paths import path_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -201,8 +202,8 @@ def build_spec(data: dict[str, Any], where: str = "sweep spec") -> SweepSpec:
 def load_spec(path: str | Path) -> dict[str, Any]:
     """Read a spec file; its relative ``subject``, ``prompts`` and ``config`` paths start at its folder."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"sweep spec {path}: not found")
+    if problem := path_problem(path, "file"):
+        raise InputError(f"sweep spec {path}: {problem}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
