@@ -108,8 +108,8 @@ def choose_identifier(
         f"no rare single-token identifier in the text encoder's vocabulary ({size} pieces): none of its "
         f"lower-case word pieces of <= {max_chars} chars in ranks {ranks.start}-{ranks.stop - 1} (from "
         f"[identifier] {rank_min}-{rank_max}, scaled to this vocabulary if it is smaller) stays one token in "
-        f"'a [V] {class_noun}' without being a common word or a word of the prompt. Pass --identifier with a rare word that is one token of this "
-        "vocabulary, or widen [identifier] rank_min/rank_max in the config"
+        f"'a [V] {class_noun}' without being a common word or a word of the prompt. Pass --identifier with a "
+        "rare word that is one token of this vocabulary, or widen [identifier] rank_min/rank_max in the config"
     )
 
 
