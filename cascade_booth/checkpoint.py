@@ -51,6 +51,7 @@ class Restored:
     bad_steps: int
     folder: Path
     final: bool = False  # the weights alone (``save_final``): enough to finish the stage, not to train on
+    updates: int = 0  # optimizer updates applied (skipped steps excluded): where the LR schedule stands
 
 
 def _written(path: Path) -> None:
@@ -161,8 +162,11 @@ def _check_shapes(folder: Path, unet: torch.nn.Module, state: dict[str, torch.Te
     )
 
 
-def restore(root: Path, job, optimizer, schedule, full: bool, scaler=None) -> Restored | None:
-    """Load the newest complete checkpoint into job/optimizer/schedule; None if there is none."""
+def restore(root: Path, job, optimizer, full: bool, scaler=None) -> Restored | None:
+    """Load the newest complete checkpoint into job/optimizer (and fp16's scaler); None if there is none.
+
+    The LR schedule is the caller's to rebuild at ``Restored.updates`` (its ``last_epoch`` when saved).
+    """
     folder = latest(root)
     if folder is None:
         return None
@@ -172,6 +176,7 @@ def restore(root: Path, job, optimizer, schedule, full: bool, scaler=None) -> Re
         final = bool(trainer.get("final"))
         opt_state = None if final else _unflatten_optimizer(load_state_dict(folder / "optimizer.safetensors"),
                                                             trainer["optimizer"])
+        updates = 0 if final else int(trainer["schedule"]["last_epoch"])
     except (InputError, OSError, KeyError, ValueError, SafetensorError) as err:
         raise RunError(f"{folder}: checkpoint cannot be read ({err}); delete it to resume from an older one") from None
     _check_shapes(folder, job.unet, weights, full)
@@ -179,7 +184,6 @@ def restore(root: Path, job, optimizer, schedule, full: bool, scaler=None) -> Re
     if final:
         return Restored(int(trainer["step"]), 0, folder, final=True)
     optimizer.load_state_dict(opt_state)
-    schedule.load_state_dict(trainer["schedule"])
     if scaler is not None and trainer.get("scaler"):
         scaler.load_state_dict(trainer["scaler"])
-    return Restored(int(trainer["step"]), int(trainer.get("bad_steps", 0)), folder)
+    return Restored(int(trainer["step"]), int(trainer.get("bad_steps", 0)), folder, updates=updates)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
 
 import click
 
@@ -46,7 +45,7 @@ def report_error(err: BoothError) -> None:
 
 
 class TqdmCallbacks:
-    """Progress bar with loss for the trainer; one line per checkpoint."""
+    """Progress bar with loss for the trainer; each trainer event (resume, skipped update, checkpoint) a line above."""
 
     def __init__(self, label: str):
         from tqdm.auto import tqdm
@@ -56,7 +55,7 @@ class TqdmCallbacks:
     def build(self):
         from cascade_booth.trainer import Callbacks
 
-        return Callbacks(on_start=self.start, on_step=self.step, on_checkpoint=self.checkpoint)
+        return Callbacks(on_start=self.start, on_step=self.step, on_event=self.event)
 
     def start(self, start: int, total: int) -> None:
         from cascade_booth import parallel
@@ -71,8 +70,12 @@ class TqdmCallbacks:
         else:
             self.bar.update(1)
 
-    def checkpoint(self, step: int, path: Path) -> None:
-        self.bar.write(f"checkpoint: {path}")
+    def event(self, step: int, message: str) -> None:
+        """One line above the bar, from the main process only (every process of a launch sees the same events)."""
+        from cascade_booth import parallel
+
+        if parallel.is_main():
+            self._tqdm.write(message, file=sys.stderr)  # tqdm clears the bar, prints the line, redraws the bar
 
     def close(self) -> None:
         if self.bar is not None:

@@ -2,7 +2,7 @@
 
 A preset is a TOML file whose tables mirror these dataclasses; any key not defined here is an error
 that names the file and the key (with a suggestion), so a typo never silently trains with defaults.
-CLI flags override file values (``apply_overrides``).
+CLI flags and sweep points override file values (``override``; the flags: ``cascade_booth.flags``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from cascade_booth.errors import InputError
+from cascade_booth.flags import flag_name
 from cascade_booth.presets import CONFIG_DIR as CONFIG_DIR  # re-exported: where the presets are
 from cascade_booth.presets import offline_presets as offline_presets
 from cascade_booth.presets import resolve_config_path
@@ -204,8 +205,6 @@ CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     StageConfig: {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "variance": ("learned", "fixed")},
     SRConfig: {"prompt": ("instance", "class")},
 }
-# CLI flags whose name is not ``--`` + the key with dashes (``apply_overrides`` records where a value came from)
-FLAG_NAMES = {("prior", "enabled"): "--prior/--no-prior", ("prior", "weight"): "--prior-weight"}
 
 
 def range_of(cls: type, key: str) -> Range:
@@ -216,7 +215,7 @@ def range_of(cls: type, key: str) -> Range:
     raise KeyError(f"{cls.__name__}.{key} has no range in cascade_booth.config.RANGES")
 
 
-def _choices_of(cls: type, key: str) -> tuple[str, ...] | None:
+def choices_of(cls: type, key: str) -> tuple[str, ...] | None:
     return next((CHOICES[k][key] for k in cls.__mro__ if key in CHOICES.get(k, {})), None)
 
 
@@ -246,7 +245,7 @@ def _field_problems(cfg: Config) -> list[Problem]:
             if typ in (int, float):
                 text = range_of(type(table), f.name).problem(value)
             else:
-                options = _choices_of(type(table), f.name)
+                options = choices_of(type(table), f.name)
                 text = None if options is None or value in options else f"must be one of {options}, got {value!r}"
             if text:
                 problems.append((section, f.name, text))
@@ -276,7 +275,7 @@ def _name(section: str, key: str | None, flags: dict[tuple[str, str], str]) -> s
 def validate(cfg: Config, where: str = "config") -> Config:
     """Range, choice and consistency checks that apply whatever the source of the values.
 
-    A value set by a CLI flag (``apply_overrides``) is named by the flag (``--steps must be >= 1``),
+    A value set by a CLI flag (``override``) is named by the flag (``--steps must be >= 1``),
     any other by its TOML key after ``where`` (``tiny.toml: [base] steps must be >= 1``).
     """
     flags: dict[tuple[str, str], str] = getattr(cfg, "_flags", {})
@@ -315,17 +314,31 @@ def load_config(name_or_path: str | os.PathLike | None) -> Config:
     return cfg
 
 
-def apply_overrides(cfg: Config, section: str, **values: Any) -> Config:
-    """Set ``cfg.<section>.<key> = value`` for every value that is not None (CLI flags), then validate.
+def override(cfg: Config, values: dict[str, Any], flags: dict[str, str] | None = None,
+             where: str | None = None) -> Config:
+    """The one way to change a loaded config (CLI flags, sweep points, API overrides): set, then validate once.
 
-    Each value set is remembered as a flag (``FLAG_NAMES``, else ``--key-with-dashes``), so that
-    ``validate`` names a bad one by the flag the user typed, now and after later overrides.
+    ``values`` maps ``section.key`` (``key`` at the top level) to a value; None means not given. A
+    key in ``flags`` (``section.key -> --flag``, from ``cascade_booth.flags``) is remembered as set by
+    that flag, so that ``validate`` names a bad value by what the user typed, now and after later
+    overrides; any other is named by its TOML key after ``where`` (default: the file it came from).
     """
-    target = getattr(cfg, section) if section else cfg
-    flags: dict[tuple[str, str], str] = getattr(cfg, "_flags", {})
-    for key, value in values.items():
-        if value is not None:
-            setattr(target, key, value)
-            flags[(section, key)] = FLAG_NAMES.get((section, key), "--" + key.replace("_", "-"))
-    cfg._flags = flags  # not a field, like ``_where``
-    return validate(cfg, getattr(cfg, "_where", "command-line options"))
+    known: dict[tuple[str, str], str] = getattr(cfg, "_flags", {})
+    for dotted, value in values.items():
+        if value is None:
+            continue
+        section, _, key = dotted.rpartition(".")
+        target = getattr(cfg, section) if section else cfg
+        if not hasattr(target, key):
+            raise KeyError(f"no config field '{dotted}'")  # a bug in a caller, not bad input
+        setattr(target, key, value)
+        if flags and dotted in flags:
+            known[(section, key)] = flags[dotted]
+    cfg._flags = known  # not a field, like ``_where``
+    return validate(cfg, where or getattr(cfg, "_where", "command-line options"))
+
+
+def apply_overrides(cfg: Config, section: str, **values: Any) -> Config:
+    """``override`` for keys of one table, each named by its flag (``cascade_booth.flags``) in errors."""
+    dotted = {f"{section}.{key}" if section else key: value for key, value in values.items()}
+    return override(cfg, dotted, {d: flag_name(section, d.rpartition(".")[2]) for d in dotted})

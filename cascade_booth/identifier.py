@@ -9,6 +9,7 @@ after IF's prompt preprocessing (lower-case), and scaled to small vocabularies (
 from __future__ import annotations
 
 import random
+import re
 
 from cascade_booth.errors import InputError
 
@@ -157,8 +158,19 @@ def instance_prompt(identifier: str, class_noun: str) -> str:
     return f"a {identifier} {class_noun}"
 
 
-def class_prompt(class_noun: str) -> str:
-    return f"a {class_noun}"
+def instance_template(class_noun: str) -> str:
+    """The subject's prompt before the identifier is chosen: "a [V] clock"."""
+    return f"a {PLACEHOLDER} {class_noun}"
+
+
+def class_prompt(prompt: str) -> str:
+    """A prompt without its identifier: "a [V] dog in the snow" -> "a dog in the snow".
+
+    The prior-preservation class prompt (section 3.3) is that of the instance prompt:
+    ``class_prompt(instance_template("clock")) == "a clock"``. Only the white space around [V] is
+    folded, so the rest of the prompt stays as written.
+    """
+    return re.sub(rf"\s*{re.escape(PLACEHOLDER)}\s*", " ", prompt).strip()
 
 
 def fill_identifier(prompt: str, identifier: str) -> str:

@@ -15,12 +15,18 @@ accumulation or the all-reduce has finished), and fp16 (no grad scaler can unsca
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from cascade_booth.config import StageConfig
+
+class OptimizerSettings(Protocol):
+    """What :func:`in_backward_problems` reads of a stage's config (``config.StageConfig``, which imports this)."""
+
+    optimizer: str
+    gradient_accumulation: int
+    max_grad_norm: float
+    mixed_precision: str
 
 
 class InBackwardAdamW(torch.optim.Optimizer):
@@ -108,7 +114,7 @@ def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, d
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")
 
 
-def in_backward_problems(stage: StageConfig, processes: int) -> list[str]:
+def in_backward_problems(stage: OptimizerSettings, processes: int) -> list[str]:
     """Settings that cannot work with an update inside backward (see the module docstring)."""
     if stage.optimizer != "adamw-in-backward":
         return []

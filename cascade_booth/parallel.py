@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 
+from cascade_booth.devices import use_cpu
 from cascade_booth.errors import RunError
 
 T = TypeVar("T")
@@ -59,7 +60,7 @@ def init() -> None:
     if launched():
         from accelerate import PartialState
 
-        PartialState(cpu=not torch.cuda.is_available())
+        PartialState(cpu=use_cpu())
 
 
 def active() -> bool:

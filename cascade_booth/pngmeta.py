@@ -21,7 +21,7 @@ from cascade_booth.diskspace import WriteError, failed
 from cascade_booth.runfolder import atomic_path, write_json
 
 if TYPE_CHECKING:
-    from cascade_booth.runner import Plan
+    from cascade_booth.renderplan import Plan
 
 STAGE_NUMBER = {"base": 1, "sr": 2, "upscale": 3}
 
@@ -46,7 +46,7 @@ def render_meta(plan: Plan, i: int, j: int, image: Image.Image) -> dict[str, Any
         "variance": {s.name: s.variance for s in stages},
         "variance_type": {s.name: s.variance_type for s in stages},
         "noise_level": None if plan.sr is None else plan.sr.noise_level,
-        "run": str(plan.run.path), "cascade_booth": __version__,
+        "run": None if plan.run is None else str(plan.run.path), "cascade_booth": __version__,
     }
 
 

@@ -30,16 +30,14 @@ def preset_names() -> list[str]:
 
 def offline_presets() -> list[str]:
     """Presets whose models need no hub download (``tiny``, ``world``): what to suggest when offline."""
-    from cascade_booth.config import ModelConfig  # that module imports this one
-
     found = []
     for name in preset_names():
         try:
             models = tomllib.loads((CONFIG_DIR / f"{name}.toml").read_text(encoding="utf-8")).get("model", {})
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             continue
-        specs = [models.get(key, getattr(ModelConfig, key)) for key in ("base", "sr")]
-        if not any(isinstance(spec, str) and spec.count("/") == 1 for spec in specs):  # hub ids are owner/name
+        specs = [models.get(key) for key in ("base", "sr")]  # a missing key is ModelConfig's default: a hub id
+        if all(isinstance(spec, str) and spec.count("/") != 1 for spec in specs):  # hub ids are owner/name
             found.append(name)
     return found
 

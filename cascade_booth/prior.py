@@ -23,11 +23,13 @@ from PIL import Image
 from cascade_booth import parallel
 from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import PriorConfig
+from cascade_booth.devices import frozen_dtype
 from cascade_booth.errors import BoothError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
 from cascade_booth.models import model_fingerprint
 from cascade_booth.runfolder import atomic_path
 from cascade_booth.safeload import load_pretrained
+from cascade_booth.seeds import derive_seed
 from cascade_booth.text import TextEmbeddings
 
 Progress = Callable[[int, int], None]
@@ -41,15 +43,11 @@ def cache_key(model_path: Path, prompt: str, resolution: int, cfg: PriorConfig, 
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def image_seed(seed: int, index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"class-image:{seed}:{index}".encode()).digest()[:7], "little")
-
-
 def load_sampling_pipeline(model_path: Path, sampler: str, device: str | torch.device):
     """Stage-one IFPipeline without text encoder or safety modules (embeddings are precomputed)."""
     from diffusers import DPMSolverMultistepScheduler, IFPipeline
 
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    dtype = frozen_dtype(device)
     with warnings.catch_warnings():  # newer diffusers call it ``dtype``; older ones know only ``torch_dtype``
         warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
         pipe = load_pretrained(
@@ -91,6 +89,7 @@ def class_images(
     texts: TextEmbeddings,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    resolution: int | None = None,
 ) -> list[Path]:
     """Return ``cfg.class_images`` cached class-image paths, generating only the missing ones.
 
@@ -99,11 +98,13 @@ def class_images(
     holds the lock for all of them, every process generates its share of the missing groups
     (``_my_groups``) and all wait for each other before training reads the images. Only the main
     process takes the lock and it blocks in no collective while waiting for it, so ranks never
-    deadlock on it. SIGINT/SIGTERM stop generation with a ``TrainingAborted`` message.
+    deadlock on it. SIGINT/SIGTERM stop generation with a ``TrainingAborted`` message. ``resolution``
+    is the model's (read from its UNet config when not given).
     """
-    from diffusers import UNet2DConditionModel
+    if resolution is None:
+        from diffusers import UNet2DConditionModel
 
-    resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
+        resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
     folder = cache_root / "class_images" / cache_key(model_path, class_prompt, resolution, cfg, seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:05d}.png" for i in range(cfg.class_images)]
@@ -183,7 +184,7 @@ def _generate(model_path, prompt, cfg, seed, texts, device, folder, missing, pro
 
 
 def _sample(pipe, prompt: str, texts: TextEmbeddings, seed: int, indices: list[int], cfg: PriorConfig, device):
-    generators = [torch.Generator("cpu").manual_seed(image_seed(seed, i)) for i in indices]
+    generators = [torch.Generator("cpu").manual_seed(derive_seed("class-image", seed, i)) for i in indices]
     dtype = pipe.unet.dtype
     with warnings.catch_warnings():  # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 warns)
         warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")

@@ -85,6 +85,14 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
         os.replace(tmp, final)
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`); returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
 def write_json(path: Path, data: Any, overwrite: bool = True) -> None:
     try:
         with atomic_path(path, overwrite) as tmp:
@@ -119,12 +127,6 @@ class RunFolder:
 
     def write(self, meta: dict[str, Any]) -> None:
         write_json(self.meta_file, meta)
-
-    def update(self, **fields: Any) -> dict[str, Any]:
-        meta = self.read() if self.exists() else {}
-        meta.update(fields)
-        self.write(meta)
-        return meta
 
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage

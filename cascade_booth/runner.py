@@ -18,194 +18,20 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 import torch
 
 from cascade_booth.condcache import cache_text_conditioning
-from cascade_booth.config import Config, from_dict
-from cascade_booth.errors import InputError, RunError
-from cascade_booth.evaluation.prompts import class_prompt
-from cascade_booth.identifier import fill_identifier
-from cascade_booth.lora import LORA_WEIGHTS
-from cascade_booth.models import cache_dir, resolve_model
+from cascade_booth.errors import RunError
+from cascade_booth.models import cache_dir
 from cascade_booth.pngmeta import render_meta, write_renders
-from cascade_booth.runfolder import RunFolder
+from cascade_booth.renderplan import Plan, RenderRequest, StagePlan, plan_render, read_prompts
 from cascade_booth.safeload import load_pretrained, load_state_dict
 from cascade_booth.sampling import make_scheduler, sample_base, sample_sr, to_pil
 from cascade_booth.session import device as default_device
-from cascade_booth.text import TextEmbeddings, check_prompts, load_tokenizer
-from cascade_booth.writable import check_cache, check_writable
-
-Warn = Callable[[str], None]
-
-
-@dataclass
-class RenderRequest:
-    """What to render; None means the run's ``[render]`` config value.
-
-    ``steps`` applies to both stages, ``guidance`` to stage one (stage two uses ``render.sr_guidance``).
-    """
-
-    run: Path
-    prompts: list[str] = field(default_factory=list)
-    prompts_file: Path | None = None
-    out: Path | None = None
-    num_images: int | None = None
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    sr: bool = True
-    upscale: bool = False
-    batch_size: int = 4
-    warn: Warn | None = None  # default: print "warning: ..." on stderr
-    class_prompts: bool = False  # also each prompt without [V], kind "class": PRES samples (paper section 4.1)
-
-
-@dataclass
-class StagePlan:
-    """One UNet to sample with: where it comes from and how to sample it."""
-
-    name: str  # "base" or "sr"
-    model: str  # the model spec (hub id, folder, "tiny")
-    model_path: Path
-    weights: Path | None  # LoRA file, full UNet folder, or None (un-personalized)
-    variance: str
-    steps: int
-    guidance: float
-    noise_level: int | None = None
-    variance_type: str | None = None  # the scheduler's, once sampled (learned_range or fixed_small)
-
-    @property
-    def sr(self) -> bool:
-        return self.name == "sr"
-
-
-@dataclass
-class Plan:
-    run: RunFolder
-    meta: dict[str, Any]
-    templates: list[str]
-    prompts: list[str]
-    out: Path
-    num_images: int
-    seed: int
-    base: StagePlan
-    sr: StagePlan | None
-    upscaler: Path | None
-    warnings: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)  # per prompt: "instance" ([V]) or "class"; empty: all instance
-
-
-def read_prompts(req: RenderRequest) -> list[str]:
-    """Prompts from the request, then from ``prompts_file`` (one a line; blank and ``#`` lines skipped)."""
-    prompts = list(req.prompts)
-    if req.prompts_file is not None:
-        path = Path(req.prompts_file)
-        if not path.is_file():
-            raise InputError(f"prompts file {path} does not exist")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        from_file = [ln for ln in lines if ln and not ln.startswith("#")]
-        if not from_file:
-            raise InputError(f"prompts file {path} has no prompts (one prompt with [V] per line)")
-        prompts += from_file
-    if not prompts:
-        raise InputError("no prompts: give one or more prompts with [V], e.g. 'a [V] clock in the jungle', "
-                         "or --prompts-file")
-    return prompts
-
-
-def _stage_model(record: dict[str, Any], spec: str, stage: int) -> Path:
-    recorded = Path(record.get("model_path", ""))
-    return recorded if (recorded / "unet" / "config.json").is_file() else resolve_model(spec, stage)
-
-
-def _weights(run: RunFolder, name: str, record: dict[str, Any]) -> Path:
-    folder = run.stage_dir(name)
-    path = folder / "unet" if "unet" in record.get("files", []) else folder / LORA_WEIGHTS
-    if not path.exists():
-        raise RunError(f"{run.path}: run.json says stage '{name}' finished but {path} is missing")
-    return path
-
-
-def plan_base(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderRequest) -> StagePlan:
-    from stages.sr import finished_stage_one
-
-    record = finished_stage_one(run, meta)
-    return StagePlan("base", meta["models"]["base"], _stage_model(record, meta["models"]["base"], 1),
-                     _weights(run, "base", record), record.get("variance", "learned"),
-                     req.steps or cfg.render.steps, cfg.render.guidance if req.guidance is None else req.guidance)
-
-
-def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderRequest, notes: list[str]
-            ) -> StagePlan | None:
-    """Stage two's plan: the run's fine-tuned SR model, or the plain SR model with a warning."""
-    from stages.sr import check_sr_model
-
-    if not req.sr:
-        return None
-    base, record = meta["stages"]["base"], meta.get("stages", {}).get("sr", {})
-    steps, guidance = req.steps or cfg.render.sr_steps, cfg.render.sr_guidance
-    if not record.get("done"):
-        spec = meta["models"]["sr"]
-        notes.append(f"{run.path} has no finished stage two: upsampling with the un-personalized SR model "
-                        f"'{spec}' (no adapter). Train it with `cascade-booth train-sr --run {run.path}`.")
-        path = resolve_model(spec, stage=2)
-        check_sr_model(path, spec, int(base["resolution"]))
-        return StagePlan("sr", spec, path, None, "learned", steps, guidance, cfg.sr.noise_level)
-    trained_for = (record.get("base_resolution"), record.get("base_model"), record.get("identifier"))
-    current = (base.get("resolution"), meta["models"]["base"], meta["identifier"])
-    if trained_for != current:
-        raise RunError(f"{run.path}: stage two was trained for another stage one (base resolution, model, "
-                       f"identifier {trained_for} vs now {current}); retrain it with "
-                       f"`cascade-booth train-sr --run {run.path}` or render with --no-sr")
-    path = _stage_model(record, record["model"], 2)
-    check_sr_model(path, record["model"], int(base["resolution"]))
-    return StagePlan("sr", record["model"], path, _weights(run, "sr", record), record.get("variance", "learned"),
-                     steps, guidance, int(record["noise_level"]))
-
-
-def plan_upscaler(cfg: Config, req: RenderRequest) -> Path | None:
-    """Stage III (x4 upscaler, not fine-tuned): resolved now, so a missing model fails before sampling."""
-    if not req.upscale:
-        return None
-    if not req.sr:
-        raise InputError("--upscale needs stage two's 256 px output: drop --no-sr")
-    if cfg.model.upscaler in ("", "none", "tiny"):
-        raise InputError("this run's config has no stage III upscaler (model.upscaler = "
-                         f"'{cfg.model.upscaler}'; the tiny preset has none): drop --upscale")
-    return resolve_model(cfg.model.upscaler, stage=3)
-
-
-def plan_render(req: RenderRequest) -> Plan:
-    """Validate the whole request (run, prompts, stages, models) without loading any weights."""
-    from stages.sr import text_model_path
-
-    run = RunFolder(req.run)
-    meta = run.read()
-    cfg = from_dict(Config, meta.get("config", {}), f"{run.meta_file} config")
-    templates = read_prompts(req)
-    prompts = [fill_identifier(t, meta["identifier"]) for t in templates]
-    kinds = ["instance"] * len(templates)
-    if req.class_prompts:  # one sampling pass (one load of each stage) for both kinds
-        extra = list(dict.fromkeys(class_prompt(t) for t in templates))
-        templates, prompts, kinds = templates + extra, prompts + extra, kinds + ["class"] * len(extra)
-    num_images = cfg.render.num_images if req.num_images is None else req.num_images
-    if num_images < 1 or (req.steps is not None and req.steps < 1):
-        raise InputError("--num-images and --steps must be >= 1")
-    notes: list[str] = []
-    base = plan_base(run, meta, cfg, req)
-    sr = plan_sr(run, meta, cfg, req, notes)
-    upscaler = plan_upscaler(cfg, req)
-    notes += check_prompts(load_tokenizer(text_model_path(meta)), templates, prompts)  # before any model loads
-    out = Path(req.out) if req.out is not None else run.path / "renders"
-    check_writable(out, "--out" if req.out is not None else "render folder")
-    check_cache()
-    return Plan(run, meta, templates, prompts, out, num_images, req.seed, base, sr, upscaler, notes, kinds)
+from cascade_booth.text import TextEmbeddings
 
 
 def load_stage_unet(stage: StagePlan, device: torch.device, dtype: torch.dtype):
@@ -308,10 +134,8 @@ def render_run(req: RenderRequest) -> list[Path]:
     plan = plan_render(req)
     for message in plan.warnings:
         (req.warn or _echo_warning)(message)
-    from stages.sr import text_model_path
-
     device = default_device()
-    texts = TextEmbeddings(text_model_path(plan.meta), cache_dir())
+    texts = TextEmbeddings(plan.text_model, cache_dir())
     texts.ensure(plan.prompts + [""], device=device)
     tensors = sample_cascade(plan, texts, device, req.batch_size)
     images = [to_pil(t) for t in tensors]

@@ -8,16 +8,17 @@ naming the file instead of a library traceback or a huge allocation, and whateve
 libraries raise while reading is turned into one line naming what was loaded.
 
 Pickle-based checkpoints (``.bin``, ``.ckpt``, ``.pt``, ``.pth``) can run arbitrary code when
-unpickled, so they are refused unless the user opts in (``--allow-pickle``, which sets
-``CASCADE_BOOTH_ALLOW_PICKLE``); even then flat files are read with
+unpickled, so they are refused unless the user opts in (``--allow-pickle``, carried by the training request to
+:func:`pickles`, or ``CASCADE_BOOTH_ALLOW_PICKLE=1``); even then flat files are read with
 ``torch.load(weights_only=True)``, whose restricted unpickler never calls arbitrary globals.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -49,8 +50,26 @@ class LoadError(ModelNotFoundError):
         self.reason = reason
 
 
+_OPTED_IN: list[bool] = []  # the --allow-pickle of each ``pickles`` block in progress, innermost last
+
+
+@contextlib.contextmanager
+def pickles(allowed: bool) -> Iterator[None]:
+    """Within the block, pickled weights load if ``allowed`` (a training request's ``allow_pickle``)."""
+    _OPTED_IN.append(allowed)
+    try:
+        yield
+    finally:
+        _OPTED_IN.pop()
+
+
 def pickles_allowed() -> bool:
-    """Pickled weights (.bin/.ckpt/.pt) can run code when loaded: refused unless the user opted in."""
+    """Pickled weights (.bin/.ckpt/.pt) can run code when loaded: refused unless the user opted in.
+
+    Opting in is ``--allow-pickle`` (the stage runs in ``pickles(True)``) or ``CASCADE_BOOTH_ALLOW_PICKLE=1``.
+    """
+    if _OPTED_IN and _OPTED_IN[-1]:
+        return True
     return os.environ.get("CASCADE_BOOTH_ALLOW_PICKLE", "0").lower() in ("1", "true", "yes")
 
 

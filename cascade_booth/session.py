@@ -7,21 +7,27 @@ writes it once training starts (``stages.common.commit``), so a refused command 
 
 from __future__ import annotations
 
-import hashlib
-import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from cascade_booth import __version__, parallel
+from cascade_booth import parallel
 from cascade_booth.config import Config
+from cascade_booth.devices import device as device  # re-exported: the runner's default
+from cascade_booth.drift import check_resume
 from cascade_booth.errors import InputError, RunError
-from cascade_booth.identifier import check_identifier, choose_identifier, class_prompt, instance_prompt
+from cascade_booth.identifier import (
+    check_identifier,
+    choose_identifier,
+    class_prompt,
+    instance_prompt,
+    instance_template,
+)
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.runfolder import RunFolder, checkpoint_steps
 from cascade_booth.text import check_training_text, load_tokenizer
+from cascade_booth.versions import versions
 
 SR_RESOLUTION = 256  # IF-II's output size: stage two needs subject photos at least this large
 
@@ -38,6 +44,7 @@ class TrainRequest:
     resume: bool = False
     force: bool = False
     allow_drift: bool = False
+    allow_pickle: bool = False  # --allow-pickle: also load pickled weights (``safeload.pickles``)
 
 
 @dataclass
@@ -47,27 +54,11 @@ class RunContext:
     meta: dict[str, Any]
     images: list = field(default_factory=list)  # images.SubjectImage
     warnings: list[str] = field(default_factory=list)
+    model_path: Path | None = None  # the folder of the stage's pretrained model
 
     @property
     def identifier(self) -> str:
         return self.meta["identifier"]
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import diffusers
-    import peft
-    import transformers
-
-    return {
-        "cascade_booth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def subject_fingerprint(images: list) -> dict[str, str]:
@@ -85,67 +76,19 @@ def _identifier_rule(cfg: Config) -> dict[str, int]:
     return {"rank_min": ident.rank_min, "rank_max": ident.rank_max, "max_chars": ident.max_chars}
 
 
-def check_text(req: TrainRequest, model_path: Path) -> list[str]:
+def check_text(req: TrainRequest, tok) -> list[str]:
     """Class noun and a given identifier against the model's tokenizer, before any work; returns warnings."""
+    return check_training_text(tok, req.class_noun.strip(), req.identifier, _identifier_rule(req.config))
+
+
+def pick_identifier(req: TrainRequest, tok, recorded: dict[str, Any] | None) -> str:
+    """[V]: the run's own on --resume (a later change of the picking rule is no drift), else given or chosen."""
     rule = _identifier_rule(req.config)
-    return check_training_text(load_tokenizer(model_path), req.class_noun.strip(), req.identifier, rule)
-
-
-def pick_identifier(req: TrainRequest, model_path: Path) -> str:
-    tok, rule = load_tokenizer(model_path), _identifier_rule(req.config)
+    if req.resume and recorded and req.identifier is None and recorded.get("identifier"):
+        return recorded["identifier"]
     if req.identifier is not None:  # given, even empty: checked, never silently replaced
         return check_identifier(tok, req.identifier, req.class_noun, **rule)
     return choose_identifier(tok, req.class_noun, req.config.seed, **rule)
-
-
-def _drift(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _drift(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"  {prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
-# Settings that change how a run is operated, not what it learns: free to change on resume.
-OPERATIONAL = {"checkpoint_every", "keep_checkpoints", "validation_every", "max_bad_steps"}
-
-
-def _learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
-    # A setting added to the package after the run was recorded counts as its default, which is how
-    # the run was trained: updating cascade-booth must not turn a resume into "drift".
-    config, defaults = meta.get("config", {}), Config().to_dict()
-    recorded = {**defaults[stage], **(config.get(stage) or {})}
-    # steps may grow on resume (check_resume); a full fine-tune has no LoRA rank
-    unused = OPERATIONAL | {"steps"} | ({"lora_rank"} if recorded.get("full") else set())
-    stage_cfg = {k: v for k, v in recorded.items() if k not in unused}
-    keys = ("seed", "identifier", "class_noun", "subject_files", "models")
-    out = {k: meta.get(k) for k in keys} | {"config": stage_cfg}
-    if stage == "base":  # the class images are part of stage one's training data, when the prior is on
-        prior = {**defaults["prior"], **(config.get("prior") or {})}
-        out["prior"] = prior if prior["enabled"] else {"enabled": False}
-    return out
-
-
-def check_resume(meta: dict[str, Any], fresh: dict[str, Any], stage: str, allow: bool, trained: int = 0) -> None:
-    """Refuse to resume with a different seed, training config, prior, identifier or subject photos.
-
-    ``steps`` may be raised: the learning-rate schedule (warmup, then constant) does not depend on it,
-    so a run resumed to more steps equals one trained that long from the start. It may not fall below
-    ``trained``, the newest checkpoint's step: no flag can take those steps back.
-    """
-    steps = {**Config().to_dict()[stage], **((fresh.get("config") or {}).get(stage) or {})}["steps"]
-    if steps < trained:
-        raise RunError(f"--resume --steps {steps}: this run is already trained to step {trained}; "
-                       f"pass --steps {trained} or more")
-    diff = _drift(_learning_settings(meta, stage), _learning_settings(fresh, stage))
-    if diff and not allow:
-        raise RunError(
-            "--resume with settings that differ from the run's:\n" + "\n".join(diff)
-            + "\nResume with the original settings, or pass --allow-drift to continue anyway."
-        )
 
 
 def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> RunContext:
@@ -157,13 +100,13 @@ def open_run(req: TrainRequest, stage: str, model_path: Path, min_size: int) -> 
     if not req.class_noun or not req.class_noun.strip():
         raise InputError("--class-noun is empty: name the subject's class, e.g. 'clock' or 'dog'")
     images, warnings = load_subject(req.subject, min_size)
-    warnings += check_text(req, model_path)
+    tok = load_tokenizer(model_path)  # once: the text checks here, the identifier in the state check
+    warnings += check_text(req, tok)
     warnings += [f"{img.path.name}: {min(img.image.size)} px is below stage two's {SR_RESOLUTION} px; "
                  "train-sr will refuse it" for img in images if min(img.image.size) < SR_RESOLUTION]
     run = RunFolder(req.run)
-    found = parallel.main_first(lambda: _lock_and_check(req, stage, model_path, run, images), lambda: None)
-    meta, notes = parallel.broadcast(found)
-    return RunContext(req, run, meta, images, warnings + notes)
+    meta, notes = lock_stage(run, lambda: _check_state(req, stage, tok, run, images))
+    return RunContext(req, run, meta, images, warnings + notes, model_path)
 
 
 def stage_progress(run: RunFolder, meta: dict[str, Any], stage: str) -> str | None:
@@ -177,18 +120,25 @@ def stage_progress(run: RunFolder, meta: dict[str, Any], stage: str) -> str | No
     return "weights" if (folder / LORA_WEIGHTS).exists() or (folder / "unet").exists() else None
 
 
-def _lock_and_check(req: TrainRequest, stage: str, model_path: Path, run: RunFolder, images: list
-                    ) -> tuple[dict, list[str]]:
-    run.lock()  # first: a run in use is "in use", whatever it holds
-    try:
-        return _check_state(req, stage, model_path, run, images)
-    except BaseException:
-        run.unlock()
-        raise
+def lock_stage(run: RunFolder, check: Callable[[], tuple[dict, list[str]]]) -> tuple[dict, list[str]]:
+    """The one way a stage opens its run: lock it, ``check`` its state, hand every process the result.
+
+    ``check`` (main process only) refuses what may not go on (drift: ``cascade_booth.drift``) and
+    returns the ``run.json`` the stage will write once training starts, with notes for the user.
+    Under a launcher the main process alone locks and checks; the others get its answer.
+    """
+    def lock_and_check() -> tuple[dict, list[str]]:
+        run.lock()  # first: a run in use is "in use", whatever it holds
+        try:
+            return check()
+        except BaseException:
+            run.unlock()
+            raise
+
+    return parallel.broadcast(parallel.main_first(lock_and_check, lambda: None))
 
 
-def _check_state(req: TrainRequest, stage: str, model_path: Path, run: RunFolder, images: list
-                 ) -> tuple[dict, list[str]]:
+def _check_state(req: TrainRequest, stage: str, tok, run: RunFolder, images: list) -> tuple[dict, list[str]]:
     recorded, notes = run.read() if run.exists() else None, []
     folder = run.stage_dir(stage)
     if recorded is None and folder.exists() and any(folder.iterdir()):  # not ours: never written into, or cleared
@@ -204,12 +154,12 @@ def _check_state(req: TrainRequest, stage: str, model_path: Path, run: RunFolder
             what = "finished stage one" if held == "finished" else f"stage-one {held}"
             raise RunError(f"{run.path} already holds a run with {what}: pass --resume to continue it, "
                            "--force to start over, or choose another --run folder")
-    identifier = pick_identifier(req, model_path)
+    identifier = pick_identifier(req, tok, recorded)
     fresh = {
         "subject": str(Path(req.subject).resolve()), "subject_files": subject_fingerprint(images),
         "class_noun": req.class_noun.strip(), "identifier": identifier, "seed": req.config.seed,
         "instance_prompt": instance_prompt(identifier, req.class_noun.strip()),
-        "class_prompt": class_prompt(req.class_noun.strip()),
+        "class_prompt": class_prompt(instance_template(req.class_noun.strip())),
         "models": {"base": req.config.model.base, "sr": req.config.model.sr},
         "config": req.config.to_dict(), "versions": versions(),
     }
@@ -219,7 +169,3 @@ def _check_state(req: TrainRequest, stage: str, model_path: Path, run: RunFolder
     else:
         meta = fresh | {"stages": {}}
     return meta, notes
-
-
-def images_digest(images: list) -> str:
-    return hashlib.sha256("".join(sorted(i.sha256 for i in images)).encode()).hexdigest()[:16]

@@ -15,8 +15,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from cascade_booth.devices import frozen_dtype
 from cascade_booth.errors import InputError
-from cascade_booth.identifier import check_identifier, class_prompt, identifier_warnings, preprocess_prompt
+from cascade_booth.identifier import (
+    check_identifier,
+    class_prompt,
+    identifier_warnings,
+    instance_template,
+    preprocess_prompt,
+)
 from cascade_booth.models import model_fingerprint
 from cascade_booth.runfolder import atomic_path
 from cascade_booth.safeload import load_pretrained, load_state_dict
@@ -72,7 +79,8 @@ def check_training_text(tokenizer, class_noun: str, identifier: str | None,
     if identifier is not None:
         check_identifier(tokenizer, identifier, class_noun, **(rule or {}))
         warnings += identifier_warnings(identifier)
-    n = len(tokenizer(preprocess_prompt(class_prompt(class_noun)), add_special_tokens=True).input_ids) + 1
+    class_text = preprocess_prompt(class_prompt(instance_template(class_noun)))
+    n = len(tokenizer(class_text, add_special_tokens=True).input_ids) + 1
     if n > MAX_LENGTH:
         raise InputError(f"{what} is too long: the instance prompt 'a [V] {shorten(class_noun, 30)}' is {n} tokens "
                          f"for the text encoder; the limit is {MAX_LENGTH} (IF's T5 context): use a short class noun")
@@ -118,7 +126,7 @@ class TextEmbeddings:
         from transformers import T5EncoderModel
 
         tokenizer = load_tokenizer(self.model_path)
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        dtype = frozen_dtype(device)
         encoder = load_pretrained(T5EncoderModel, self.model_path / "text_encoder", torch_dtype=dtype).to(device)
         encoder.eval()
         try:

@@ -41,20 +41,25 @@ def _corpus(seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer():
-    """Train a sentencepiece unigram model and wrap it as a transformers ``T5Tokenizer``."""
+def train_t5_tokenizer(lines: list[str], vocab_size: int, extra_ids: int = 100):
+    """Train a sentencepiece unigram model on ``lines`` and wrap it as a transformers ``T5Tokenizer``."""
     import sentencepiece as spm
     from transformers import T5Tokenizer
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=model, vocab_size=TOKENIZER_VOCAB,
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
         model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
         num_threads=1, seed_sentencepiece_size=100000, minloglevel=2,
     )
     proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = [(proc.id_to_piece(i), proc.get_score(i)) for i in range(proc.get_piece_size())]
-    return T5Tokenizer(vocab=vocab)
+    return T5Tokenizer(vocab=vocab, extra_ids=extra_ids)
+
+
+def build_tokenizer():
+    """The tiny cascade's tokenizer: T5's kind, trained on prompt-like word salad and rare strings."""
+    return train_t5_tokenizer(_corpus(), TOKENIZER_VOCAB)
 
 
 def build_text_encoder(vocab_size: int):

@@ -13,25 +13,16 @@ from pathlib import Path
 import torch
 
 from cascade_booth import parallel
+from cascade_booth.devices import device
 from cascade_booth.diffusion import training_losses
-from cascade_booth.lora import add_lora
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.prior import class_images
-from cascade_booth.session import RunContext, TrainRequest, device, open_run
+from cascade_booth.safeload import pickles
+from cascade_booth.session import RunContext, TrainRequest, open_run
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
-from stages.common import (
-    EpochOrder,
-    LossLog,
-    before_start,
-    commit,
-    finish_stage,
-    load_unet,
-    open_rgb,
-    release_space,
-    stack_images,
-)
+from stages.common import EpochOrder, PreparedStage, load_unet, open_rgb, stack_images, train_prepared
 
 NAME = "base"
 
@@ -74,8 +65,11 @@ class BaseJob:
         return training_losses(unet, self.scheduler, batch.x0.to(dev), batch.text.to(dev), generator, self.variance)
 
 
-def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path]:
-    """Validate, then build class images, embeddings and the UNet for stage one."""
+def prepare(req: TrainRequest, progress=None) -> PreparedStage:
+    """Validate, then build class images, embeddings and the UNet for stage one.
+
+    The caller owns the lock: ``ctx.run.unlock()`` when done (``run`` does).
+    """
     from diffusers import UNet2DConditionModel
 
     cfg = req.config
@@ -86,7 +80,7 @@ def prepare(req: TrainRequest, progress=None) -> tuple[RunContext, BaseJob, Path
     resolution = UNet2DConditionModel.load_config(model_path / "unet")["sample_size"]
     ctx = open_run(req, NAME, model_path, min_size=resolution)
     try:
-        return ctx, _build_job(req, ctx, model_path, resolution, progress), model_path
+        return PreparedStage(ctx, _build_job(req, ctx, model_path, resolution, progress), cfg)
     except BaseException:
         ctx.run.unlock()  # an in-process caller (UI, tests) may retry on the same folder
         raise
@@ -103,7 +97,7 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
     class_tensor = class_text = None
     if cfg.prior.enabled:
         paths = class_images(model_path, ctx.meta["class_prompt"], cfg.prior, cfg.seed, cache_dir(), texts,
-                             dev, progress)
+                             dev, progress, resolution=resolution)
         class_tensor = stack_images([open_rgb(p) for p in paths], resolution)
         class_text = texts.get(ctx.meta["class_prompt"])
     unet, params = load_unet(model_path, cfg.base, dev, cfg.seed)
@@ -148,21 +142,16 @@ def make_validator(ctx: RunContext, job: BaseJob, model_path: Path, cfg):
 
 def run(req: TrainRequest, callbacks: Callbacks | None = None, progress=None) -> RunContext:
     """``cascade-booth train-base``: prepare, train, save the adapter (or UNet) into ``RUN/base``."""
-    ctx, job, model_path = prepare(req, progress)
-    cfg = req.config.base
-    callbacks = callbacks or Callbacks()
-    if cfg.validation_every and callbacks.on_validation is None and parallel.is_main():
-        callbacks.on_validation = make_validator(ctx, job, model_path, req.config)
-    clear = req.force and not req.resume  # --force: the old stage one goes once training starts, not before
-    callbacks = before_start(LossLog.attach(callbacks, ctx.run.stage_dir(NAME)),
-                             lambda: commit(ctx, NAME, job.unet, cfg.full, clear=clear))
-    try:
-        train(job, cfg, ctx.run.checkpoint_root(NAME), req.config.seed, req.resume, callbacks)
-        finish_stage(ctx, NAME, job.unet, cfg, model_path, extra={"prior": req.config.prior.enabled})
-    finally:
-        release_space(ctx.run, NAME)
-        ctx.run.unlock()
+    with pickles(req.allow_pickle):
+        stage = prepare(req, progress)
+        ctx, job, cfg = stage
+        callbacks = callbacks or Callbacks()
+        if cfg.base.validation_every and callbacks.on_validation is None and parallel.is_main():
+            callbacks.on_validation = make_validator(ctx, job, ctx.model_path, cfg)
+        clear = req.force and not req.resume  # --force: the old stage one goes once training starts, not before
+        train_prepared(stage, NAME, callbacks, req.resume, extra={"prior": cfg.prior.enabled}, clear=clear,
+                       trainer=train)
     return ctx
 
 
-__all__ = ["BaseJob", "prepare", "run", "add_lora"]
+__all__ = ["BaseJob", "prepare", "run"]

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
@@ -24,14 +25,15 @@ from PIL import Image
 from cascade_booth import checkpoint as ckpt
 from cascade_booth import parallel
 from cascade_booth.condcache import cache_text_conditioning
-from cascade_booth.config import StageConfig
+from cascade_booth.config import Config, StageConfig
+from cascade_booth.devices import frozen_dtype
 from cascade_booth.diskspace import WRITE_ERRORS, failed, file_bytes, reason, release, reserve
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
 from cascade_booth.runfolder import RunFolder, WriteError, atomic_path, checkpoint_steps
 from cascade_booth.safeload import load_pretrained
 from cascade_booth.session import RunContext
-from cascade_booth.trainer import Callbacks, derive_seed
+from cascade_booth.trainer import Callbacks, derive_seed, train
 
 
 class EpochOrder:
@@ -77,8 +79,9 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
         unet.requires_grad_(True)
         params = list(unet.parameters())
     else:
-        if device.type == "cuda" and cfg.mixed_precision != "no":  # frozen base weights need no fp32 copy
-            unet.to(torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
+        dtype = frozen_dtype(device, cfg.mixed_precision)  # frozen base weights need no fp32 copy
+        if dtype != torch.float32:
+            unet.to(dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "lora-init"))
             params = add_lora(unet, cfg.lora_rank)
@@ -86,6 +89,33 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
     unet.to(device)
     unet.train()
     return unet, params
+
+
+class PreparedStage(NamedTuple):
+    """A stage ready to train, what both stages' ``prepare`` return: the locked run (``ctx``, with the
+    model folder in ``ctx.model_path``), the stage's Job (``batch()`` / ``losses()``) and the finished config."""
+
+    ctx: RunContext
+    job: Any
+    config: Config
+
+
+def train_prepared(stage: PreparedStage, name: str, callbacks: Callbacks, resume: bool, extra: dict,
+                   clear: bool = False, trainer: Callable = train) -> None:
+    """Train a prepared stage with ``trainer`` (``trainer.train``) and write its final weights; unlock the run.
+
+    The run folder changes only once the trainer starts (``commit``); ``clear`` drops the old stage then.
+    """
+    ctx, job, cfg = stage
+    stage_cfg = getattr(cfg, name)
+    callbacks = before_start(LossLog.attach(callbacks, ctx.run.stage_dir(name)),
+                             lambda: commit(ctx, name, job.unet, stage_cfg.full, clear=clear))
+    try:
+        trainer(job, stage_cfg, ctx.run.checkpoint_root(name), cfg.seed, resume, callbacks)
+        finish_stage(ctx, name, job.unet, stage_cfg, ctx.model_path, extra=extra)
+    finally:
+        release_space(ctx.run, name)
+        ctx.run.unlock()
 
 
 def _reserved(run: RunFolder, name: str) -> Path:
@@ -191,20 +221,31 @@ class LossLog:
     step). On resume the lines past the restored step are dropped first, so the file always tells the
     history of the weights that were trained. A line the disk has no room for waits in memory and
     goes out with the next one: a full disk stops training at a checkpoint, never for its log.
+
+    ``RUN/<stage>/events.jsonl`` beside it: one line per trainer event, ``{"step", "event"}`` (resume,
+    skipped update, checkpoint, this log's disk-full warning), appended across resumes: what happened to the run.
     """
 
-    FILE = "losses.jsonl"
+    FILE, EVENTS = "losses.jsonl", "events.jsonl"
 
-    def __init__(self, folder: Path):
-        self.path = folder / self.FILE
+    def __init__(self, folder: Path, warn: Callable[[int, str], None] | None = None):
+        self.path, self.events = folder / self.FILE, folder / self.EVENTS
         self.pending = b""  # lines not yet in the file (disk full)
+        self.warn = warn or _warn
 
     @classmethod
     def attach(cls, callbacks: Callbacks, folder: Path) -> Callbacks:
         """``callbacks`` with the log chained after its ``on_start`` / ``on_step`` (unchanged off the main process)."""
         if not parallel.is_main():
             return callbacks
-        log, start, step = cls(folder), callbacks.on_start, callbacks.on_step
+        start, step, event = callbacks.on_start, callbacks.on_step, callbacks.on_event
+
+        def on_event(done: int, message: str) -> None:
+            log.event(done, message)
+            if event:
+                event(done, message)
+
+        log = cls(folder, warn=on_event if event else None)  # with a display, the log's warning is an event too
 
         def on_start(first: int, total: int) -> None:
             log.start(first)
@@ -216,7 +257,7 @@ class LossLog:
             if step:
                 step(done, loss, lr)
 
-        return dataclasses.replace(callbacks, on_start=on_start, on_step=on_step)
+        return dataclasses.replace(callbacks, on_start=on_start, on_step=on_step, on_event=on_event)
 
     def start(self, first: int) -> None:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
@@ -231,11 +272,20 @@ class LossLog:
             _append(self.path, self.pending)  # appended per step: a crash loses no finished line
         except WriteError as err:
             if not waiting:  # say it once, not every step
-                from tqdm.auto import tqdm
-
-                tqdm.write(f"warning: {err}; the loss log waits in memory, training goes on", file=sys.stderr)
+                self.warn(done, f"warning: {err}; the loss log waits in memory, training goes on")
             return
         self.pending = b""
+
+    def event(self, step: int, message: str) -> None:
+        line = json.dumps({"step": step, "event": message}) + "\n"
+        with contextlib.suppress(WriteError):  # a full disk: the event still reaches the display
+            _append(self.events, line.encode())
+
+
+def _warn(step: int, message: str) -> None:  # noqa: ARG001 - a LossLog without a display: stderr, above any bar
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _logged_step(line: str) -> int:
@@ -264,5 +314,4 @@ def _append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-__all__ = ["EpochOrder", "LossLog", "add_lora", "before_start", "commit", "finish_stage", "load_unet", "open_rgb",
-           "release_space", "stack_images"]
+__all__ = ["EpochOrder", "LossLog", "PreparedStage", "load_unet", "open_rgb", "stack_images", "train_prepared"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,26 +25,22 @@ from typing import Any
 import torch
 
 from cascade_booth import parallel
-from cascade_booth.config import Config, apply_overrides, from_dict, load_config, validate
+from cascade_booth.config import Config, from_dict, load_config, override, validate
+from cascade_booth.devices import device
 from cascade_booth.diffusion import sr_condition, training_losses
-from cascade_booth.errors import InputError, ModelNotFoundError, RunError
+from cascade_booth.drift import check_resume, stage_settings, subject_drift
+from cascade_booth.errors import InputError, RunError
+from cascade_booth.flags import flag_name
+from cascade_booth.handoff import check_sr_model, finished_stage_one, text_model_path
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.runfolder import RunFolder, checkpoint_steps
-from cascade_booth.session import RunContext, check_resume, device, load_subject, stage_progress, subject_fingerprint
+from cascade_booth.safeload import pickles
+from cascade_booth.session import RunContext, load_subject, lock_stage, subject_fingerprint
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
-from stages.common import (
-    EpochOrder,
-    LossLog,
-    before_start,
-    commit,
-    finish_stage,
-    load_unet,
-    release_space,
-    stack_images,
-)
+from stages.common import EpochOrder, PreparedStage, load_unet, stack_images, train_prepared
 
 NAME = "sr"
 
@@ -55,7 +50,8 @@ class SRRequest:
     """``cascade-booth train-sr``: the run folder plus optional config / model / seed changes.
 
     ``config`` is a preset name or TOML path, a ``Config``, or None for the config recorded in the
-    run. ``overrides`` are ``[sr]`` values (None = not given) from CLI flags.
+    run. The CLI hands a finished ``Config``; library callers may instead give ``model`` (stage two's),
+    ``seed`` and ``overrides`` (``[sr]`` values, None = not given), applied like the flags they stand for.
     """
 
     run: Path
@@ -65,6 +61,7 @@ class SRRequest:
     resume: bool = False
     allow_drift: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    allow_pickle: bool = False  # --allow-pickle: also load pickled weights (``safeload.pickles``)
 
 
 @dataclass
@@ -103,63 +100,33 @@ class SRJob:
                                cond=cond, class_labels=labels)
 
 
+def _first_config(config: str | Path | Config | None, run: Path, meta: dict[str, Any]) -> Config:
+    """``config`` (a preset name or TOML path, or a ``Config``, copied), or the one run.json records."""
+    if isinstance(config, Config):
+        return copy.deepcopy(config)
+    if config is not None:
+        return load_config(config)
+    if "config" not in meta:
+        raise RunError(f"{run}: run.json records no config; pass --config")
+    return validate(from_dict(Config, meta["config"], f"{run}/run.json config"), "run.json config")
+
+
+def starting_config(run_dir: Path, config: str | Path | None) -> Config:
+    """What ``train-sr``'s flags override: ``--config``, or the config of the run (whose stage one must be done)."""
+    run = RunFolder(run_dir)
+    meta = run.read()
+    finished_stage_one(run, meta)
+    return _first_config(config, run.path, meta)
+
+
 def resolve_config(req: SRRequest, meta: dict[str, Any]) -> Config:
-    """The run's recorded config (or ``req.config``), with --model, --seed and ``[sr]`` overrides."""
-    if req.config is None:
-        if "config" not in meta:
-            raise RunError(f"{req.run}: run.json records no config; pass --config")
-        cfg = validate(from_dict(Config, meta["config"], f"{req.run}/run.json config"), "run.json config")
-    elif isinstance(req.config, Config):
-        cfg = copy.deepcopy(req.config)
-    else:
-        cfg = load_config(req.config)
-    if req.model is not None:
-        cfg.model.sr = req.model
-    apply_overrides(cfg, "", seed=req.seed)
-    return apply_overrides(cfg, "sr", **req.overrides)
-
-
-def finished_stage_one(run: RunFolder, meta: dict[str, Any]) -> dict[str, Any]:
-    """``stages.base`` of a run whose stage one finished, else a RunError saying what to do."""
-    base = meta.get("stages", {}).get("base", {})
-    if base.get("done"):
-        return base
-    command = (f"cascade-booth train-base --subject {shlex.quote(str(meta.get('subject', 'PHOTOS')))} "
-               f"--class-noun {shlex.quote(str(meta.get('class_noun', 'NOUN')))} --run {shlex.quote(str(run.path))}")
-    held = stage_progress(run, meta, "base")
-    if held:  # what it holds is continued with --resume: the plain command would be refused
-        raise RunError(f"{run.path}: stage one is not finished (it holds {held}); continue it with "
-                       f"`{command} --resume` and the other flags it was started with")
-    raise RunError(f"{run.path}: stage one is not finished in this run folder; train it first with `{command}`")
-
-
-def text_model_path(meta: dict[str, Any]) -> Path:
-    """Stage one's model folder: its T5 encodes the prompts of both stages, as in IF's cascade."""
-    recorded = Path(meta["stages"]["base"]["model_path"])
-    if (recorded / "text_encoder").is_dir() and (recorded / "unet" / "config.json").is_file():
-        return recorded
-    return resolve_model(meta["models"]["base"], stage=1)
-
-
-def check_sr_model(model_path: Path, spec: str, base_resolution: int) -> int:
-    """Refuse a model that is not an IF super-resolution pipeline; returns its resolution."""
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.load_config(model_path / "unet")
-    if unet.get("in_channels") != 6 or not (model_path / "image_noising_scheduler").is_dir():
-        raise ModelNotFoundError(f"model '{spec}' ({model_path}) is not an IF super-resolution pipeline "
-                                 "(needs a 6-channel UNet and image_noising_scheduler/)")
-    size = int(unet["sample_size"])
-    if size < base_resolution:
-        raise InputError(f"SR model '{spec}' works at {size} px, below stage one's {base_resolution} px")
-    return size
-
-
-def _subject_drift(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
-    lines = [f"  removed: {n}" for n in sorted(set(recorded) - set(now))]
-    lines += [f"  added: {n}" for n in sorted(set(now) - set(recorded))]
-    lines += [f"  changed: {n}" for n in sorted(set(now) & set(recorded)) if now[n] != recorded[n]]
-    return lines
+    """``req.config`` (or the run's recorded one) with ``req.model``, ``req.seed`` and ``[sr]`` overrides."""
+    cfg = _first_config(req.config, req.run, meta)
+    values = {"model.sr": req.model, "seed": req.seed, **{f"sr.{k}": v for k, v in req.overrides.items()}}
+    if all(value is None for value in values.values()):
+        return cfg  # finished already (the CLI's): validated when it was made
+    names = {key: flag_name(*key.rpartition(".")[::2]) for key in values}
+    return override(cfg, values, names)
 
 
 def load_pairs(meta: dict[str, Any], base_res: int, sr_res: int, allow_drift: bool) -> tuple[list, list[str]]:
@@ -169,7 +136,7 @@ def load_pairs(meta: dict[str, Any], base_res: int, sr_res: int, allow_drift: bo
     except InputError as err:
         raise InputError(f"stage two trains at {sr_res} px, so every subject photo must be at least that big.\n"
                          f"{err}") from None
-    drift = _subject_drift(meta.get("subject_files", {}), subject_fingerprint(images))
+    drift = subject_drift(meta.get("subject_files", {}), subject_fingerprint(images))
     if drift and not allow_drift:
         raise RunError(f"the subject photos in {meta['subject']} differ from those stage one trained on:\n"
                        + "\n".join(drift) + "\nRestore them, or pass --allow-drift to train stage two anyway.")
@@ -191,32 +158,32 @@ def _record(meta: dict[str, Any], cfg: Config, model_path: Path, base_res: int, 
     }
 
 
-def _check_start(run: RunFolder, meta: dict[str, Any], record: dict[str, Any], req: SRRequest) -> None:
-    """A fresh start must not mix with an earlier stage two; --resume must not change its settings."""
+def _check_start(run: RunFolder, meta: dict[str, Any], record: dict[str, Any], req: SRRequest
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """A fresh start must not mix with an earlier stage two; --resume must not change its settings.
+
+    Returns the run.json to write once training starts: the run's, with this stage recorded.
+    """
     folder = run.stage_dir(NAME)
     earlier = checkpoint_steps(run.checkpoint_root(NAME)) or (folder / LORA_WEIGHTS).exists() or (
         folder / "unet").exists()
     previous = meta.get("stages", {}).get(NAME)
     if req.resume and previous:
-        def view(r: dict) -> dict:
-            return {"seed": r.get("seed"), "models": {"sr": r.get("model")}, "subject_files": r.get("subject_files"),
-                    "config": {NAME: r.get("config")}}
-
         trained = (checkpoint_steps(run.checkpoint_root(NAME)) or [0])[-1]
-        check_resume(view(previous), view(record), NAME, req.allow_drift, trained)
+        check_resume(stage_settings(previous, NAME), stage_settings(record, NAME), NAME, req.allow_drift, trained)
     elif earlier and not req.resume:
         raise RunError(f"{folder} already holds stage-two checkpoints or weights: pass --resume to continue, "
                        f"or delete {folder} to train stage two from scratch")
+    stages = {**meta.get("stages", {}), NAME: {"done": False, **record}}
+    return meta | {"stages": stages}, []
 
 
-def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
+def prepare(req: SRRequest, progress=None) -> PreparedStage:
     """Validate everything, lock the run, then build the SR UNet, pairs and embeddings.
 
     The caller owns the lock: ``ctx.run.unlock()`` when done (``run`` does). Nothing is written:
     ``run`` records the stage in run.json once training starts.
     """
-    from diffusers import DDPMScheduler
-
     parallel.init()  # under a launcher: join the process group before the run folder is touched
     run = RunFolder(req.run)
     meta = run.read()
@@ -229,42 +196,40 @@ def prepare(req: SRRequest, progress=None) -> tuple[RunContext, SRJob, Config]:
     sr_res = check_sr_model(model_path, cfg.model.sr, base_res)
     images, warnings = load_pairs(meta, base_res, sr_res, req.allow_drift)
     record = _record(meta, cfg, model_path, base_res, sr_res, images)
-    parallel.main_first(run.lock, lambda: None)  # before the state checks: a run in use is "in use", whatever it holds
+    meta, notes = lock_stage(run, lambda: _check_start(run, meta, record, req))
+    ctx = RunContext(request=req, run=run, meta=meta, images=images, warnings=warnings + notes, model_path=model_path)
     try:
-        _check_start(run, meta, record, req)
-        meta.setdefault("stages", {})[NAME] = {"done": False, **record}
-        texts = TextEmbeddings(text_model_path(meta), cache_dir())
-        texts.ensure([record["prompt_text"]], device=device())
-        unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
-        job = SRJob(
-            unet=unet, params=params, scheduler=DDPMScheduler.from_pretrained(model_path / "scheduler"),
-            noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),
-            targets=stack_images([i.image for i in images], sr_res),
-            low_res=stack_images([i.image for i in images], base_res), text=texts.get(record["prompt_text"]),
-            batch_size=cfg.sr.batch_size, noise_level=cfg.sr.noise_level, variance=cfg.sr.variance, seed=cfg.seed,
-        )
+        return PreparedStage(ctx, _build_job(ctx, cfg, sr_res, base_res), cfg)
     except BaseException:
         run.unlock()
         raise
-    return RunContext(request=req, run=run, meta=meta, images=images, warnings=warnings), job, cfg
+
+
+def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int) -> SRJob:
+    from diffusers import DDPMScheduler
+
+    prompt, model_path = ctx.meta["stages"][NAME]["prompt_text"], ctx.model_path
+    texts = TextEmbeddings(text_model_path(ctx.meta), cache_dir())
+    texts.ensure([prompt], device=device())
+    unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
+    photos = [i.image for i in ctx.images]
+    return SRJob(
+        unet=unet, params=params, scheduler=DDPMScheduler.from_pretrained(model_path / "scheduler"),
+        noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),
+        targets=stack_images(photos, sr_res), low_res=stack_images(photos, base_res), text=texts.get(prompt),
+        batch_size=cfg.sr.batch_size, noise_level=cfg.sr.noise_level, variance=cfg.sr.variance, seed=cfg.seed,
+    )
 
 
 def run(req: SRRequest, callbacks: Callbacks | None = None, progress=None) -> RunContext:
     """``cascade-booth train-sr``: prepare, train, save the adapter (or UNet) into ``RUN/sr``."""
-    ctx, job, cfg = prepare(req, progress)
-    record = ctx.meta["stages"][NAME]
-    callbacks = before_start(LossLog.attach(callbacks or Callbacks(), ctx.run.stage_dir(NAME)),
-                             lambda: commit(ctx, NAME, job.unet, cfg.sr.full))
-    try:
-        train(job, cfg.sr, ctx.run.checkpoint_root(NAME), cfg.seed, req.resume, callbacks)
+    with pickles(req.allow_pickle):
+        stage = prepare(req, progress)
+        record = stage.ctx.meta["stages"][NAME]
         extra = {k: v for k, v in record.items() if k not in ("done", "model_path")}
-        finish_stage(ctx, NAME, job.unet, cfg.sr, Path(record["model_path"]), extra=extra)
-    finally:
-        release_space(ctx.run, NAME)
-        ctx.run.unlock()
-    ctx.meta = ctx.run.read()
-    return ctx
+        train_prepared(stage, NAME, callbacks or Callbacks(), req.resume, extra=extra, trainer=train)
+    stage.ctx.meta = stage.ctx.run.read()
+    return stage.ctx
 
 
-__all__ = ["SRJob", "SRRequest", "check_sr_model", "finished_stage_one", "load_pairs", "prepare",
-           "resolve_config", "run", "text_model_path"]
+__all__ = ["SRJob", "SRRequest", "load_pairs", "prepare", "resolve_config", "run", "starting_config"]

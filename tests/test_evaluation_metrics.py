@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cascade_booth import identifier
 from cascade_booth.errors import InputError
 from cascade_booth.evaluation import metrics, prompts
 from cascade_booth.evaluation.inputs import GeneratedImage
@@ -162,8 +163,9 @@ def test_templates_pick_the_list_by_class():
     dog = prompts.dreambench_templates("dog")
     assert "a [V] dog wearing a santa hat" in dog and "a [V] dog on top of a mirror" not in dog
     assert not prompts.is_live_class("stuffed animal") and prompts.is_live_class("corgi dog")
-    assert prompts.class_prompt("a cube shaped [V] dog") == "a cube shaped dog"
-    assert prompts.fill_identifier("a [V] dog", "xjy") == "a xjy dog"
+    assert identifier.class_prompt("a cube shaped [V] dog") == "a cube shaped dog"
+    assert identifier.class_prompt(identifier.instance_template("wall clock")) == "a wall clock"
+    assert identifier.fill_identifier("a [V] dog", "xjy") == "a xjy dog"
     assert prompts.resolve_prompts("dreambench", "cat")[1] == "dreambench-live"
 
 

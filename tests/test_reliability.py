@@ -75,12 +75,12 @@ def _patch_losses(monkeypatch, bad_calls, make_bad):
 
 
 def _recorder(jobs):
-    seen = {}
+    seen, events = {}, []
 
     def on_step(step, loss, lr):
         seen[step] = (loss, [p.detach().clone() for p in jobs[0].params])
 
-    return seen, Callbacks(on_step=on_step)
+    return seen, events, Callbacks(on_step=on_step, on_event=lambda step, message: events.append(message))
 
 
 def _unchanged(a, b) -> bool:
@@ -94,12 +94,12 @@ def _all_saved_finite(run):
 
 def test_nan_loss_step_is_skipped(tmp_path, env, monkeypatch):
     jobs = _patch_losses(monkeypatch, lambda n: n in (2, 3), lambda out: out * math.nan)
-    seen, cb = _recorder(jobs)
+    seen, events, cb = _recorder(jobs)
     train(tmp_path / "run", callbacks=cb)
     assert [math.isfinite(seen[s][0]) for s in (1, 2, 3, 4)] == [True, False, False, True]
     assert _unchanged(seen[1][1], seen[3][1])  # steps 2 and 3 applied nothing
     assert not _unchanged(seen[3][1], seen[4][1])
-    assert "step 2: non-finite loss, update skipped" in cb.events
+    assert "step 2: non-finite loss, update skipped" in events
     trainer_json = json.loads((tmp_path / "run/base/checkpoints/step-4/trainer.json").read_text())
     assert trainer_json["bad_steps"] == 2
     _all_saved_finite(tmp_path / "run")
@@ -108,13 +108,38 @@ def test_nan_loss_step_is_skipped(tmp_path, env, monkeypatch):
 def test_non_finite_gradients_are_skipped(tmp_path, env, monkeypatch):
     """Finite loss, inf gradients (what fp16 overflow gives without a grad scaler): not applied."""
     jobs = _patch_losses(monkeypatch, lambda n: n == 2, _InfGrad.apply)
-    seen, cb = _recorder(jobs)
+    seen, events, cb = _recorder(jobs)
     train(tmp_path / "run", callbacks=cb)
     assert math.isfinite(seen[2][0])
-    assert "step 2: non-finite gradients, update skipped" in cb.events
+    assert "step 2: non-finite gradients, update skipped" in events
     assert _unchanged(seen[1][1], seen[2][1])
     assert all(torch.isfinite(p).all() for p in seen[4][1])
     _all_saved_finite(tmp_path / "run")
+
+
+def test_a_resume_and_a_skipped_step_reach_the_cli_and_the_event_log(tmp_path, env, monkeypatch):
+    """The trainer's events are printed above the progress bar and kept in ``RUN/base/events.jsonl``.
+
+    Control: the uninterrupted reference run the copy starts from logged its checkpoints and nothing else.
+    """
+    from click.testing import CliRunner
+
+    from cascade_booth.cli import main
+
+    run = copy_run(tmp_path / "run")
+    before = [json.loads(line)["event"] for line in (run / "base" / "events.jsonl").read_text().splitlines()]
+    assert [e.split(": ")[0] for e in before] == ["checkpoint", "checkpoint"]
+    checkpoints = run / "base" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-4")  # resume from step 2
+    _patch_losses(monkeypatch, lambda n: n == 1, lambda out: out * math.nan)  # step 3, the first one resumed
+    result = CliRunner().invoke(main, cli_args(run, "--resume"))
+    assert result.exit_code == 0, result.output
+    expected = [(2, f"resume: continuing from step 2 ({checkpoints / 'step-2'})"),
+                (3, "step 3: non-finite loss, update skipped"), (4, f"checkpoint: {checkpoints / 'step-4'}")]
+    lines = [json.loads(line) for line in (run / "base" / "events.jsonl").read_text().splitlines()]
+    assert [(line["step"], line["event"]) for line in lines[len(before):]] == expected
+    for _, message in expected:
+        assert result.output.count(message + "\n") == 1, result.output
 
 
 def test_run_stops_after_max_bad_steps(tmp_path, env, monkeypatch):

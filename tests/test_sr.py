@@ -13,6 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from cascade_booth.errors import InputError, RunError
+from cascade_booth.handoff import text_model_path
 from cascade_booth.images import to_tensor
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.runfolder import RunFolder
@@ -187,7 +188,7 @@ def _render_micro(run: Path, zero_condition: bool = False) -> tuple[torch.Tensor
     plan = StagePlan("sr", rec["model"], Path(rec["model_path"]), run / "sr" / "unet", rec["variance"], 10, 1.0,
                      rec["noise_level"])
     unet = load_stage_unet(plan, torch.device("cpu"), torch.float32)
-    texts = TextEmbeddings(sr.text_model_path(meta), cache_dir())
+    texts = TextEmbeddings(text_model_path(meta), cache_dir())
     red, blue = (230, 20, 20), (20, 20, 230)
     low = torch.stack([to_tensor(_halves(8, red, blue), 8), to_tensor(_halves(8, blue, red), 8)])
     text = texts.stack([rec["prompt_text"]] * 2)

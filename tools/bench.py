@@ -84,11 +84,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools import bench_fixtures as fx  # noqa: E402
-from tools.bench_report import tables  # noqa: E402
-from tools.if_configs import is_stage2, resolve  # noqa: E402
+import bench_fixtures as fx  # a sibling: ``python tools/bench.py`` puts tools/ first on sys.path
+from bench_report import tables
+from if_configs import is_stage2, resolve
 
 SECTIONS = ("stage1", "stage2", "gen")
 DIFFUSERS = "diffusers train_dreambooth_lora.py"

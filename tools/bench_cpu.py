@@ -5,12 +5,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.bench import main  # noqa: E402
+from bench import main  # a sibling: ``python tools/bench_cpu.py`` puts tools/ first on sys.path
 
 if __name__ == "__main__":
     main()

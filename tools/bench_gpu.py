@@ -33,18 +33,15 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from if_configs import build_unet, param_count, resolve  # a sibling: the script's folder is first on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cascade_booth.diffusion import sr_condition, training_losses  # noqa: E402
-from cascade_booth.lora import add_lora  # noqa: E402
-from cascade_booth.losses import prior_weighted_mean  # noqa: E402
-from tools.if_configs import build_unet, param_count, resolve  # noqa: E402
+from cascade_booth.diffusion import sr_condition, training_losses
+from cascade_booth.lora import add_lora
+from cascade_booth.losses import prior_weighted_mean
 
 DATASHEET_BF16 = 989e12  # H100 SXM dense bf16, TFLOP/s datasheet figure
 GB = 1024**3
@@ -657,35 +654,11 @@ def compile_section(b: Bench, base_flops):
             b.reset_mem()
 
 
-def adamw_lowp_states_in_backward(
-    params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, state_dtype=torch.bfloat16
-):
-    """AdamW applied inside backward, one parameter at a time, fp32 math on fp32 weights, m and v
-    stored in ``state_dtype``. Each gradient is used and freed as soon as it is accumulated."""
-    b1, b2 = betas
-    state: dict = {}
-
-    @torch.no_grad()
-    def hook(p):
-        st = state.get(p)
-        if st is None:
-            st = state[p] = [torch.zeros_like(p, dtype=state_dtype), torch.zeros_like(p, dtype=state_dtype), 0]
-        st[2] += 1
-        g = p.grad.float()
-        m = st[0].float().mul_(b1).add_(g, alpha=1 - b1)
-        v = st[1].float().mul_(b2).addcmul_(g, g, value=1 - b2)
-        st[0].copy_(m)
-        st[1].copy_(v)
-        denom = v.div_(1 - b2 ** st[2]).sqrt_().add_(eps)
-        p.mul_(1 - lr * weight_decay)
-        p.addcdiv_(m, denom, value=-lr / (1 - b1 ** st[2]))
-        p.grad = None
-
-    return [p.register_post_accumulate_grad_hook(hook) for p in params], state
-
-
 def fullx_section(b: Bench):
-    """Full fine-tune with fp32 weights and bf16 AdamW moments, updated inside backward."""
+    """Full fine-tune with fp32 weights and bf16 AdamW moments, updated inside backward: the package's
+    ``adamw-in-backward`` optimizer (``cascade_booth.optim.InBackwardAdamW``), as the trainer runs it."""
+    from cascade_booth.optim import InBackwardAdamW
+
     a = b.args
     sched = ddpm_scheduler()
     x0, emb, is_prior = make_batch(b, a.batch, 64)
@@ -701,12 +674,12 @@ def fullx_section(b: Bench):
             break
         if ckpt:
             unet.enable_gradient_checkpointing()
-        hooks, state = adamw_lowp_states_in_backward(params, a.full_lr)
+        opt = InBackwardAdamW(params, lr=a.full_lr)  # step() commits the count; the hooks update the weights
+        opt.attach()
         b.reset_mem()
         name = f"fp32 weights + AdamW (bf16 m,v) in backward{' + grad ckpt' if ckpt else ''}"
         try:
-            step = train_step_fn(b, unet, NoStepOptimizer(), sched, x0, emb, is_prior,
-                                 torch.Generator().manual_seed(2))
+            step = train_step_fn(b, unet, opt, sched, x0, emb, is_prior, torch.Generator().manual_seed(2))
             counted = measure_full_row(b, name, step, params, x0.shape[0], fl, "fp32 weights, m/v bf16",
                                        count=not ckpt)
             if not ckpt:
@@ -714,9 +687,8 @@ def fullx_section(b: Bench):
         except Exception as err:  # noqa: BLE001
             b.add("full", name, samples=x0.shape[0], peak_gb=b.peak_gb(), notes=failure_note(err))
         finally:
-            for h in hooks:
-                h.remove()
-            state.clear()
+            opt.detach()
+            opt.state.clear()
             for p in params:
                 p.grad = None
             if ckpt:

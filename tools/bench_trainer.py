@@ -19,22 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from if_configs import build_unet, param_count, resolve  # a sibling: the script's folder is first on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from if_configs import build_unet, param_count, resolve  # noqa: E402
-
-from cascade_booth.config import OPTIMIZERS, StageConfig, validate  # noqa: E402
-from cascade_booth.diffusion import training_losses  # noqa: E402
-from cascade_booth.lora import add_lora  # noqa: E402
-from cascade_booth.trainer import Batch, Callbacks, train  # noqa: E402
+from cascade_booth.config import OPTIMIZERS, StageConfig, validate
+from cascade_booth.diffusion import training_losses
+from cascade_booth.lora import add_lora
+from cascade_booth.trainer import Batch, Callbacks, train
 
 GIB = 2**30
 

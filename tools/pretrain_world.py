@@ -129,9 +129,10 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
     return hi[..., y:y + CROP, x:x + CROP], cond[..., y:y + CROP, x:x + CROP], levels
 
 
-def save_state(path: Path, unet, ema, opt, step: int) -> None:
+def save_state(path: Path, unet, ema, opt, step: int, start: int) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+        torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "start": start}, tmp)
 
 
 @torch.no_grad()
@@ -169,13 +170,15 @@ def train(args) -> None:
     ema = build_unet(args.model, root, args.init_from_shipped).requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    step = 0
+    step = start = 0
     if (root / "state.pt").exists():
         state = torch.load(root / "state.pt", weights_only=False)
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step, start = state["step"], state.get("start", 0)
+    elif args.init_from_shipped:  # carry on from the shipped weights: same stream, schedule and step count
+        step = start = json.loads((cascade.SHIPPED / args.model / "pretrain.json").read_text())["steps"]
     sched = cascade.if_scheduler(1.5)
     noising = cascade.noising_scheduler()
     loader = iter(torch.utils.data.DataLoader(WorldData(args.model, index), batch_size=args.batch,
@@ -187,7 +190,7 @@ def train(args) -> None:
         hi, low, text = next(loader)
         gen = torch.Generator().manual_seed(SEED[args.model] * 10**9 + step)
         for group in opt.param_groups:  # linear warm-up, then cosine to 10 %
-            warm = min(1.0, (step + 1) / 500)
+            warm = min(1.0, (step - start + 1) / 500)  # fresh AdamW moments (a new start) warm up again
             group["lr"] = args.lr * warm * (0.55 + 0.45 * math.cos(math.pi * min(step / args.steps, 1.0)))
         if args.model == "base":
             cond, labels, x0 = None, None, hi
@@ -209,7 +212,7 @@ def train(args) -> None:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % args.save_every == 0 or step == args.steps:
             log.flush()
-            save_state(root / "state.pt", unet, ema, opt, step)
+            save_state(root / "state.pt", unet, ema, opt, step, start)
         if step % args.sample_every == 0:
             sample_grid(ema.eval(), args.model, index, embeds, root, step)
     bar.close()
@@ -235,12 +238,17 @@ def export(out: Path) -> None:
     tok, enc = text_models(state_dir())
     for model, stage in (("base", 1), ("sr", 2)):
         state = torch.load(state_dir() / model / "state.pt", weights_only=False)
+        card = out / model / "pretrain.json"
+        earlier = json.loads(card.read_text()) if state.get("start", 0) and card.exists() else None
         unet = UNet2DConditionModel(**cascade.unet_config(stage))
         unet.load_state_dict(state["ema"])
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
         summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
                    "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
-        (out / model / "pretrain.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if earlier is not None:  # this segment started from the shipped weights at step `start`
+            summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
+            summary["segments"] = earlier.get("segments", [earlier["steps"]]) + [state["step"]]
+        card.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"exported {model} at step {state['step']} -> {out / model}")
     write_model_card(out)
 

@@ -1,7 +1,7 @@
 """Acceptance figures of the world models, on held-out designs (issue 7's list).
 
     python tools/world_acceptance.py --evaluators          # read-back ceiling, DINO AUC, CLIP zero-shot
-    python tools/world_acceptance.py --cascade --prompts 200  # pretrained cascade read back
+    python tools/world_acceptance.py --cascade --prompts 200  # the pretrained cascade, read back
 
 Prints JSON (and writes it with ``--out``). The evaluator figures use the held-out pool of
 ``pretrain_world_evaluators.py`` (designs from the subject id range, never trained on).
@@ -106,9 +106,78 @@ def evaluator_figures(pool: dict) -> dict:
     return out
 
 
+def cascade_prompts(n: int, seed: int = 0) -> list[dict]:
+    """``n`` prompts naming class, colour, pattern and a (non-plain) context, drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    contexts = [c for c in CONTEXTS if c != "plain"]
+    rows = []
+    for _ in range(n):
+        row = {"class": str(rng.choice(CLASSES)), "colour": str(rng.choice(list(COLOURS))),
+               "pattern": str(rng.choice(list(PATTERNS))), "context": str(rng.choice(contexts))}
+        rows.append({**row, "prompt": caption(row["class"], row["colour"], row["pattern"], row["context"])})
+    return rows
+
+
+def _render(prompts: list[str], out: Path, sr: bool, steps: int) -> torch.Tensor:
+    from PIL import Image
+
+    from cascade_booth.config import load_config
+    from cascade_booth.runner import RenderRequest, render_run
+
+    req = RenderRequest(run=None, config=load_config("world"), prompts=prompts, out=out, num_images=1, seed=0,
+                        steps=steps, sr=sr, warn=lambda _m: None)
+    paths = [p for p in render_run(req) if p.name != "grid.png"]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def cascade_figures(n: int, steps: int, out: Path) -> dict:
+    """Read back what the pretrained cascade draws for prompts that name every attribute (both stages)."""
+    model = ev.load_attributes(SHIPPED / "attributes")
+    rows = cascade_prompts(n)
+    prompts = [r["prompt"] for r in rows]
+    result: dict = {"prompts": n, "steps": steps}
+    for name, sr in (("stage_one_32px", False), ("cascade_128px", True)):
+        reads = model.read(_render(prompts, out / name, sr, steps))
+        keys = [k for k in ev.ATTRIBUTES if sr or k != "pattern"]
+        result[name] = {k: float(np.mean([r[k] == row[k] for r, row in zip(reads, rows, strict=True)])) for k in keys}
+    no_colour = [caption(r["class"], None, None, r["context"]) for r in rows[:48]]
+    colours = [r["colour"] for r in model.read(_render(no_colour, out / "no_colour", False, steps))]
+    result["colour_omitted"] = {"prompts": len(no_colour), "distinct_colours": len(set(colours)),
+                                "counts": {c: colours.count(c) for c in COLOURS}}
+    return result
+
+
+def preview(path: Path, steps: int, work: Path) -> None:
+    """Ground truth (top) beside the pretrained cascade's samples of the same prompts (bottom), 128 px."""
+    from PIL import Image
+
+    from cascade_booth.world.design import design
+    from cascade_booth.world.render import Scene, draw_scene
+
+    rows = cascade_prompts(8, seed=1)
+    tiles = []
+    for row in rows:  # the first pretraining design with the prompt's attributes
+        d_id = next(i for i in range(100000) if (design(i).cls, design(i).colour, design(i).pattern)
+                    == (row["class"], row["colour"], row["pattern"]))
+        tiles.append(draw_scene(Scene(design=d_id, context=row["context"]), 128))
+    samples = _render([r["prompt"] for r in rows], work / "preview", True, steps)
+    tiles += [Image.fromarray(((s.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for s in samples]
+    grid = Image.new("RGB", (128 * 8, 256), "white")
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, ((i % 8) * 128, (i // 8) * 128))
+    grid.save(path)
+    path.with_suffix(".txt").write_text("\n".join(r["prompt"] for r in rows) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--evaluators", action="store_true")
+    parser.add_argument("--cascade", action="store_true")
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--work", type=Path, default=Path("build/world-acceptance"))
+    parser.add_argument("--preview", type=Path, help="Write a ground truth / samples picture (PNG) here.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -117,6 +186,10 @@ def main() -> None:
         from pretrain_world_evaluators import heldout_pool
 
         result["evaluators"] = evaluator_figures(heldout_pool())
+    if args.cascade:
+        result["cascade"] = cascade_figures(args.prompts, args.steps, args.work)
+    if args.preview:
+        preview(args.preview, args.steps, args.work)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

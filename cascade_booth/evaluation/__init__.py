@@ -4,7 +4,8 @@ Layers: :mod:`metrics` (pure functions on embeddings), :mod:`extractors` (DINO /
 :mod:`prompts` (DreamBench prompts and subjects), :mod:`inputs` (finding images and prompts),
 :mod:`scoring` and :mod:`runner` (one subject end to end), :mod:`benchmark` (all of DreamBench:
 30 subjects x 25 prompts x 4 images), :mod:`distributed` (embedding split across launched
-processes), :mod:`report` / :mod:`html_report` (JSON, Markdown, HTML), :mod:`tiny` (random tiny
+processes), :mod:`paper` (the paper's numbers, metric formatting), :mod:`report` /
+:mod:`html_report` (JSON, Markdown, HTML), :mod:`tiny` (random tiny
 models for offline tests) and :mod:`cli` (the ``evaluate`` command). Heavy imports (transformers)
 happen only when models are loaded.
 """

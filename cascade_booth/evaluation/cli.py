@@ -24,8 +24,9 @@ from cascade_booth.evaluation.benchmark import (
 from cascade_booth.evaluation.distributed import Shard, shard_device, sharding
 from cascade_booth.evaluation.extractors import DEFAULT_CLIP, DEFAULT_DINO, load_extractors, resolve_device
 from cascade_booth.evaluation.inputs import discover_generated, discover_run, list_subject_images
+from cascade_booth.evaluation.paper import PAPER_REAL, fmt, metrics_line
 from cascade_booth.evaluation.prompts import resolve_prompts
-from cascade_booth.evaluation.report import fmt, write_reports
+from cascade_booth.evaluation.report import write_reports
 from cascade_booth.evaluation.runner import evaluate_subject, resolve_class_noun
 from cascade_booth.writable import check_writable
 
@@ -159,7 +160,7 @@ def _evaluate_dreambench(dreambench_dir: Path, runs_dir: Path | None, generated:
         def write_subject(name: str, report: dict) -> None:
             if shard.is_main:
                 write_reports(report, out / SUBJECTS_SUBDIR / name, html=html)
-                click.echo(f"{name}: {_metrics_line(report['overall'])}")
+                click.echo(f"{name}: {metrics_line(report['overall'])}")
 
         reports = evaluate_benchmark(bench, inputs, dino, clip, prompts=prompts, identifier=identifier,
                                      batch_size=models.batch_size, settings=settings, on_subject=write_subject)
@@ -171,19 +172,14 @@ def _evaluate_dreambench(dreambench_dir: Path, runs_dir: Path | None, generated:
             _echo_summary(combined, written, [item_path for item in inputs for item_path in item.skipped])
 
 
-def _metrics_line(overall: dict) -> str:
-    return (f"DINO {fmt(overall['dino'])}  CLIP-I {fmt(overall['clip_i'])}  CLIP-T {fmt(overall['clip_t'])}  "
-            f"PRES {fmt(overall['pres'])}  DIV {fmt(overall['div'])}")
-
-
 def _echo_summary(report: dict, written: dict, skipped: list) -> None:
     overall, real = report["overall"], report["overall"].get("real_images", {})
     subjects = f" over {overall['n_subjects']} subjects" if overall.get("n_subjects", 1) > 1 else ""
     click.echo(f"images: {overall['n_instance_images']} instance, {overall['n_class_images']} class-prompt"
                + subjects + (f" ({len(skipped)} PNG(s) without a prompt skipped)" if skipped else ""))
-    click.echo(f"{_metrics_line(overall)} ({report['settings']['div_metric']})")
+    click.echo(f"{metrics_line(overall)} ({report['settings']['div_metric']})")
     click.echo(f"real images: DINO {fmt(real.get('dino'))}  CLIP-I {fmt(real.get('clip_i'))}  "
-               "(paper: 0.774 / 0.885)")
+               f"(paper: {fmt(PAPER_REAL['dino'])} / {fmt(PAPER_REAL['clip_i'])})")
     missing = report.get("coverage", {}).get("missing_templates", [])
     if missing:
         click.echo(f"{len(missing)} expected prompt(s) have no image (see report.md)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cascade_booth.errors import InputError, ModelNotFoundError
+from cascade_booth.evaluation.paper import DEFAULT_CLIP, DEFAULT_DINO
 from cascade_booth.evaluation.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -30,8 +31,6 @@ from cascade_booth.evaluation.preprocess import (
 from cascade_booth.models import offline
 from cascade_booth.safeload import LoadError, load_pretrained
 
-DEFAULT_DINO = "facebook/dino-vits16"
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 PROCESSOR_FILE = "preprocessor_config.json"
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cascade_booth.evaluation.paper import METRIC_KEYS, PAPER, PAPER_PRIOR_ABLATION, fmt, table1_rows
 from cascade_booth.evaluation.preprocess import load_image
-from cascade_booth.evaluation.report import METRIC_KEYS, PAPER, PAPER_PRIOR_ABLATION, fmt, table1_rows
 
 THUMBNAIL = 160
 _STYLE = """

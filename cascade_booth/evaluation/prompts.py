@@ -18,6 +18,7 @@ from pathlib import Path
 from cascade_booth.errors import InputError
 from cascade_booth.identifier import PLACEHOLDER
 from cascade_booth.paths import path_problem
+from cascade_booth.promptfile import prompt_lines
 
 V = PLACEHOLDER
 
@@ -112,16 +113,6 @@ def dreambench_templates(class_noun: str, live: bool | None = None) -> list[str]
     return [p.format(V, noun) for p in (LIVE_PROMPTS if live else OBJECT_PROMPTS)]
 
 
-def class_prompt(template: str) -> str:
-    """The template without its identifier: "a [V] dog in the snow" -> "a dog in the snow"."""
-    return re.sub(r"\s+", " ", template.replace(V, " ")).strip()
-
-
-def fill_identifier(template: str, identifier: str) -> str:
-    """The prompt the model sees: ``[V]`` replaced by the identifier token."""
-    return template.replace(V, identifier)
-
-
 def to_template(line: str, class_noun: str) -> str:
     """Convert one prompt in DreamBench (``{0} {1}``) or our (``[V] noun``) convention to a template."""
     text = line.strip()
@@ -152,9 +143,8 @@ def load_prompts_file(path: str | Path, class_noun: str) -> list[str]:
     if problem := path_problem(path, "file"):
         raise InputError(f"prompts file {path}: {problem} (use --prompts dreambench or a text file)")
     templates: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#") or line == "]" or re.match(r"^\w+\s*=\s*\[$", line):
+    for number, line in prompt_lines(path):
+        if line == "]" or re.match(r"^\w+\s*=\s*\[$", line):
             continue
         template = to_template(line, noun)
         if V not in template:

@@ -14,20 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cascade_booth.evaluation.metrics import DIV_METRIC
-from cascade_booth.runfolder import atomic_path
+from cascade_booth.evaluation.paper import METRIC_KEYS, PAPER, PAPER_PRIOR_ABLATION, fmt, paper_rows, table1_rows
+from cascade_booth.runfolder import atomic_write_text
 
 SCHEMA = "cascade-booth/evaluation/v1"
-METRIC_KEYS = ("dino", "clip_i", "clip_t", "pres", "div")
-PAPER = "Ruiz et al. 2022, DreamBooth (arXiv 2208.12242)"
-PAPER_TABLE1 = (
-    ("Real Images", 0.774, 0.885, None),
-    ("DreamBooth (Imagen)", 0.696, 0.812, 0.306),
-    ("DreamBooth (Stable Diffusion)", 0.668, 0.803, 0.305),
-)
-"""Table 1 of the paper, section 4.1: (row, DINO, CLIP-I, CLIP-T)."""
-PAPER_PRIOR_ABLATION = (("DreamBooth (Imagen), with prior preservation", 0.493, 0.391),
-                        ("DreamBooth (Imagen), without prior preservation", 0.664, 0.371))
-"""The paper's prior-preservation ablation: (row, PRES, DIV with LPIPS)."""
 REPORT_FILES = {"json": "metrics.json", "markdown": "report.md", "html": "report.html"}
 
 
@@ -42,10 +32,6 @@ def clean(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def paper_rows() -> list[dict]:
-    return [{"method": m, "dino": d, "clip_i": c, "clip_t": t} for m, d, c, t in PAPER_TABLE1]
 
 
 def build_report(subject: str, scores: dict, settings: dict, models: dict,
@@ -105,24 +91,6 @@ def combine_reports(reports: Sequence[dict]) -> dict:
     })
     combined.pop("real_images", None)
     return clean(combined)
-
-
-def fmt(value, digits: int = 3) -> str:
-    """A metric for tables: 3 decimals, or an en dash when missing."""
-    return f"{value:.{digits}f}" if isinstance(value, int | float) and math.isfinite(value) else "–"
-
-
-def table1_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """Rows of our Table 1: the paper's three rows, our real-images row, our model."""
-    overall = report["overall"]
-    n = overall.get("n_subjects", 1)
-    rows = [(f"{m} (paper)", fmt(d), fmt(c), fmt(t)) for m, d, c, t in PAPER_TABLE1]
-    real = overall.get("real_images", {})
-    rows.append((f"Real Images (ours, {n} subject{'s' if n != 1 else ''})", fmt(real.get("dino")),
-                 fmt(real.get("clip_i")), "–"))
-    rows.append(("cascade-booth (ours)", fmt(overall.get("dino")), fmt(overall.get("clip_i")),
-                 fmt(overall.get("clip_t"))))
-    return rows
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -186,14 +154,6 @@ def _coverages(report: dict) -> list[dict]:
     if "missing_templates" in coverage or "expected_templates" in coverage:
         return [coverage]
     return [value for value in coverage.values() if isinstance(value, dict)]
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
 
 
 def to_json(report: dict) -> str:

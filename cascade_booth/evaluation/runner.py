@@ -11,7 +11,7 @@ from cascade_booth.evaluation.inputs import GeneratedImage, list_subject_images
 from cascade_booth.evaluation.prompts import LIVE_SUBJECTS, SUBJECTS, is_live_class, resolve_prompts
 from cascade_booth.evaluation.report import build_report
 from cascade_booth.evaluation.scoring import CLIP_T_TEXT, embed_all, label_images, score
-from cascade_booth.session import versions
+from cascade_booth.versions import versions
 
 
 def resolve_class_noun(class_noun: str | None, subject_dir: Path, images: Sequence[GeneratedImage]) -> str:

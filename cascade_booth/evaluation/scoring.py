@@ -23,7 +23,8 @@ import torch
 
 from cascade_booth.evaluation import metrics
 from cascade_booth.evaluation.inputs import GeneratedImage
-from cascade_booth.evaluation.prompts import V, class_prompt
+from cascade_booth.evaluation.prompts import V
+from cascade_booth.identifier import class_prompt
 
 CLIP_T_TEXT = "prompt-without-identifier"
 CLASS_KINDS = ("class", "prior", "class_prompt", "class-prompt")

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cascade_booth.evaluation.report import clean
-from cascade_booth.runfolder import atomic_path
+from cascade_booth.runfolder import atomic_write_text
 from cascade_booth.sweep.plots import write_plots
 from cascade_booth.sweep.tables import averages_per_axis, best_per_metric, to_markdown
 
 if TYPE_CHECKING:
-    from cascade_booth.sweep.run import SweepPlan
+    from cascade_booth.sweep.plan import SweepPlan
 
 SCHEMA = "cascade-booth/sweep/v1"
 
@@ -43,19 +43,13 @@ def build_result(plan: SweepPlan) -> dict[str, Any]:
     })
 
 
-def _write_text(path: Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
-
-
 def write_outputs(plan: SweepPlan, echo: Callable[[str], None]) -> dict[str, Any]:
     """Write ``OUT/sweep.json``, ``OUT/plots/*.png`` (with matplotlib) and ``OUT/sweep.md``; returns the result."""
     result = build_result(plan)
     plots, note = write_plots(result, plan.out / "plots")
     result["plots"] = [os.path.relpath(p, plan.out) for p in plots]
-    _write_text(plan.out / "sweep.json", json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    _write_text(plan.out / "sweep.md", to_markdown(result, note))
+    atomic_write_text(plan.out / "sweep.json", json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(plan.out / "sweep.md", to_markdown(result, note))
     echo(f"wrote {plan.out / 'sweep.json'}")
     echo(f"wrote {plan.out / 'sweep.md'}")
     echo(note if note else f"wrote {len(plots)} plot(s) in {plan.out / 'plots'}")

@@ -23,20 +23,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cascade_booth.config import Config
+from cascade_booth.drift import point_drift, sweep_learning
 from cascade_booth.errors import BoothError, InputError, RunError, TrainingAborted
 from cascade_booth.evaluation.inputs import discover_run
+from cascade_booth.evaluation.paper import metrics_line
 from cascade_booth.evaluation.prompts import resolve_prompts
-from cascade_booth.evaluation.report import fmt
 from cascade_booth.runfolder import RunFolder, read_json, write_json
-from cascade_booth.session import OPERATIONAL
+from cascade_booth.sweep.plan import PointPlan, SweepHooks, SweepPlan
 from cascade_booth.sweep.report import write_outputs
 from cascade_booth.sweep.spec import Point, SweepSpec, expand, settings_hash
-from cascade_booth.sweep.tables import LABELS, METRICS
+from cascade_booth.sweep.tables import METRICS
 from cascade_booth.sweep.train import train_point
 from cascade_booth.writable import check_cache, check_writable
 
@@ -44,62 +43,9 @@ POINT_FILE = "point.json"
 STAGE_ONE_RESOLUTION = 64  # IF-I's (and the tiny cascade's); stage one re-checks with its model's size
 
 
-def _silent(message: str) -> None:
-    pass
-
-
-@dataclass
-class SweepHooks:
-    """Progress for a CLI or UI: ``echo`` gets one line per point and phase.
-
-    ``trainer(label)`` returns an object with ``build() -> trainer.Callbacks`` and ``close()``
-    (:class:`cascade_booth.clikit.TqdmCallbacks`); ``class_progress()`` a ``(done, total)`` hook.
-    """
-
-    echo: Callable[[str], None] = _silent
-    trainer: Callable[[str], Any] | None = None
-    class_progress: Callable[[], Callable[[int, int], None]] | None = None
-
-
-@dataclass
-class PointPlan:
-    point: Point
-    folder: Path  # OUT/points/<name>
-    stage_one: Path  # OUT/stage-one/<key>
-    train: dict[str, Any]  # what the weights depend on: a change is refused
-    eval: dict[str, Any]  # how images are rendered and scored: a change re-renders
-    recorded: dict[str, Any] = field(default_factory=dict)  # point.json as found
-
-    @property
-    def run(self) -> Path:
-        return self.folder / "run"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.folder / "evaluation"
-
-    @property
-    def done(self) -> bool:
-        rec = self.recorded
-        return bool(rec.get("done")) and rec.get("eval") == self.eval and (self.evaluation / "metrics.json").is_file()
-
-    @property
-    def status(self) -> str:
-        if self.done:
-            return "done"
-        return "re-evaluate" if self.recorded.get("done") else "partial" if self.recorded else "new"
-
-
-@dataclass
-class SweepPlan:
-    spec: SweepSpec
-    out: Path
-    points: list[PointPlan]
-
-
-def subject_fingerprint(spec: SweepSpec) -> dict[str, str]:
-    """Check the subject photos now (at stage two's size when it trains) and hash them, by file name."""
-    from cascade_booth.session import SR_RESOLUTION, load_subject
+def check_subject(spec: SweepSpec) -> dict[str, str]:
+    """Check the subject photos now (at stage two's size when it trains); their fingerprint, by file name."""
+    from cascade_booth.session import SR_RESOLUTION, load_subject, subject_fingerprint
 
     min_size = SR_RESOLUTION if spec.sr else STAGE_ONE_RESOLUTION
     try:
@@ -107,21 +53,11 @@ def subject_fingerprint(spec: SweepSpec) -> dict[str, str]:
     except InputError as err:
         raise InputError(f"subject photos (at least {min_size} px{' for stage two' if spec.sr else ''}): {err}"
                          ) from None
-    return {img.path.name: img.sha256 for img in images}
-
-
-def _learning(point: Point, sr: bool) -> dict[str, Any]:
-    data = point.config.to_dict()
-    for section in ("base", "sr"):
-        data[section] = {k: v for k, v in data[section].items() if k not in OPERATIONAL}
-    data.pop("render")
-    if not sr:
-        data.pop("sr")
-    return data
+    return subject_fingerprint(images)
 
 
 def _plan_point(spec: SweepSpec, out: Path, point: Point, subject: dict, templates: list[str]) -> PointPlan:
-    learning = _learning(point, spec.sr)
+    learning = sweep_learning(point.config.to_dict(), spec.sr)
     stage_one = {k: v for k, v in learning.items() if k != "sr"}
     key = settings_hash({"config": stage_one, "class_noun": point.class_noun, "subject": subject}, 12)
     train = {"config": learning, "class_noun": point.class_noun, "subject": subject, "sr": spec.sr}
@@ -135,37 +71,15 @@ def _plan_point(spec: SweepSpec, out: Path, point: Point, subject: dict, templat
     return PointPlan(point, folder, out / "stage-one" / key, as_json["train"], as_json["eval"], recorded)
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [line for key in sorted(set(old) | set(new))
-                for line in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def _with_new_defaults(old: Any, new: Any, defaults: Any) -> Any:
-    """``old`` plus the keys only ``new`` has (config fields added to the package since) at their defaults."""
-    if not (isinstance(old, dict) and isinstance(new, dict) and isinstance(defaults, dict)):
-        return old
-    out = dict(old)
-    for key in new:
-        if key in out:
-            out[key] = _with_new_defaults(out[key], new[key], defaults.get(key))
-        elif key in defaults and not isinstance(defaults[key], dict):
-            out[key] = defaults[key]
-    return out
-
-
 def _conflict(pp: PointPlan) -> str | None:
     """Why an existing point folder cannot continue under the current spec (None if it can)."""
     if not pp.recorded:
         return None
-    recorded = dict(pp.recorded.get("train") or {})
-    recorded["config"] = _with_new_defaults(recorded.get("config"), pp.train["config"], Config().to_dict())
-    if recorded == pp.train:
+    lines = point_drift(pp.recorded.get("train") or {}, pp.train)
+    if not lines:
         if pp.recorded.get("stage_one"):  # keep the stage one it was trained from
             pp.stage_one = pp.stage_one.parent / str(pp.recorded["stage_one"])
         return None
-    lines = _diff(recorded, pp.train)
     return f"point {pp.point.name} ({pp.folder}) was trained with other settings:\n  " + "\n  ".join(lines[:8])
 
 
@@ -190,7 +104,7 @@ def plan_sweep(spec: SweepSpec, out: Path) -> SweepPlan:
         raise InputError(f"--out {out}: exists and is not a folder")
     check_writable(out, "--out")
     check_cache()
-    subject = subject_fingerprint(spec)
+    subject = check_subject(spec)
     points = expand(spec)
     templates = {noun: resolve_prompts(spec.prompts, noun)[0] for noun in {p.class_noun for p in points}}
     check_text(points, templates)
@@ -272,7 +186,7 @@ def run_sweep(plan: SweepPlan, hooks: SweepHooks | None = None) -> dict[str, Any
                 resume = " Rerun the same sweep command to resume." if isinstance(err, TrainingAborted) else ""
                 err.args = (f"sweep point {pp.point.name}: {err}{resume}",)
                 raise
-            say("  ".join(f"{LABELS[name]} {fmt(value)}" for name, value in metrics.items()))
+            say(metrics_line(metrics))
         return write_outputs(plan, hooks.echo)
     finally:
         lock.unlock()

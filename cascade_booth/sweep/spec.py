@@ -26,6 +26,7 @@ every point's config (:func:`cascade_booth.config.validate`) are errors naming t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from cascade_booth.config import Config, from_dict, load_config, suggest, validate
+from cascade_booth.config import Config, load_config, override, suggest
 from cascade_booth.errors import InputError
-from cascade_booth.evaluation.extractors import DEFAULT_CLIP, DEFAULT_DINO
+from cascade_booth.evaluation.paper import DEFAULT_CLIP, DEFAULT_DINO
 from cascade_booth.paths import path_problem
 
 if sys.version_info >= (3, 11):
@@ -249,12 +250,8 @@ def point_name(settings: dict[str, Any]) -> str:
 
 def point_config(base: Config, values: dict[str, Any], where: str) -> Config:
     """``base`` with ``section.field`` values set, checked by :func:`cascade_booth.config.validate`."""
-    data = base.to_dict()
-    for key, value in values.items():
-        if key != CLASS_NOUN:
-            section, _, name = key.rpartition(".")
-            (data[section] if section else data)[name] = value
-    return validate(from_dict(Config, data, where), where)
+    fields = {key: value for key, value in values.items() if key != CLASS_NOUN}
+    return override(copy.deepcopy(base), fields, where=where)
 
 
 def expand(spec: SweepSpec) -> list[Point]:

@@ -12,11 +12,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cascade_booth.evaluation.report import fmt
+from cascade_booth.evaluation.paper import METRIC_KEYS, METRIC_LABELS, fmt
 from cascade_booth.sweep.spec import format_value
 
-METRICS = ("dino", "clip_i", "clip_t", "pres", "div")
-LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV"}
+METRICS = METRIC_KEYS
+LABELS = METRIC_LABELS
 LOWER_IS_BETTER = frozenset({"pres"})
 
 

@@ -19,7 +19,7 @@ from cascade_booth.runfolder import RunFolder
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from cascade_booth.sweep.run import PointPlan, SweepHooks
+    from cascade_booth.sweep.plan import PointPlan, SweepHooks
     from cascade_booth.sweep.spec import SweepSpec
 
 

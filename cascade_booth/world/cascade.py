@@ -12,7 +12,6 @@ identifier pieces then have no prior in the language model, which is the paper's
 
 from __future__ import annotations
 
-import io
 import itertools
 import random
 from pathlib import Path
@@ -50,18 +49,9 @@ def _corpus(seed: int = 0) -> list[str]:
 
 def build_tokenizer():
     """A sentencepiece unigram model trained on the captions and rare strings, as a ``T5Tokenizer``."""
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
+    from cascade_booth.tiny import train_t5_tokenizer
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=model, vocab_size=TOKENIZER_VOCAB,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-        num_threads=1, seed_sentencepiece_size=100000, minloglevel=2,
-    )
-    proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    vocab = [(proc.id_to_piece(i), proc.get_score(i)) for i in range(proc.get_piece_size())]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    return train_t5_tokenizer(_corpus(), TOKENIZER_VOCAB, extra_ids=0)
 
 
 def build_text_encoder(vocab_size: int, seed: int = 0):
