@@ -14,15 +14,8 @@ from typing import Any, get_type_hints
 import click
 
 from cascade_booth.clikit import TqdmCallbacks, class_progress, friendly
-from cascade_booth.config import (
-    Config,
-    ModelConfig,
-    RenderConfig,
-    check_flags,
-    choices_of,
-    load_config,
-    override,
-)
+from cascade_booth.config import Config, ModelConfig, RenderConfig, load_config, override
+from cascade_booth.config_checks import check_flags, choices_of
 from cascade_booth.errors import InputError
 from cascade_booth.flags import Flag, flags_of, overrides
 from cascade_booth.presets import offline_presets, preset_names

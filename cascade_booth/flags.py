@@ -1,9 +1,10 @@
 """The one table from a training command's flag to the config field(s) it sets.
 
 ``cascade_booth.commands`` builds the click options of ``train-base`` and ``train-sr`` from it
-(the option's type comes from the field's type and choices in ``cascade_booth.config``), and turns
-the values the user gave into ``section.key`` overrides (:func:`overrides`), which
-``config.override`` applies and validates, naming a bad value by its flag (``--steps must be >= 1``).
+(the option's type comes from the field's type in ``cascade_booth.config`` and its choices in
+``cascade_booth.config_checks``), and turns the values the user gave into ``section.key`` overrides
+(:func:`overrides`), which ``config.override`` applies and validates, naming a bad value by its flag
+(``--steps must be >= 1``).
 A field written ``{stage}.key`` belongs to the command's stage table: ``[base]`` for ``train-base``,
 ``[sr]`` for ``train-sr``. Plain data: this module imports nothing of the package.
 """

@@ -3,14 +3,13 @@
 A bad folder fails in seconds with one message naming every offending file. Each photo is
 fully decoded (truncation is an error), bomb-guarded, EXIF-rotated and normalised to 8-bit
 RGB (CMYK converted, transparency composited, 16-bit scaled, animations cut to frame 0).
+The per-format conversions and HEIF detection are in ``cascade_booth.imageformats``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import io
 import re
 import warnings
 from collections.abc import Iterator
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from cascade_booth.errors import InputError
+from cascade_booth.imageformats import HEIF_HINT, BadImage, heif_support, is_heif, normalize
 from cascade_booth.paths import path_problem
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
@@ -39,17 +39,8 @@ _SIDECAR_NAME = re.compile(r"^(license|licence|copying|readme|notice|attribution
 MAX_PIXELS: int = 89_478_485
 """Decompression-bomb guard: images with more pixels than this (~89 MP) are refused."""
 
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
-                          b"msf1"})
 _MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-_HEIF_HINT = (
-    "HEIC/HEIF photos are not supported without the pillow-heif plugin; convert it to JPEG or PNG "
-    "(e.g. macOS `sips -s format jpeg IN --out OUT.jpg`, or `heif-convert IN OUT.jpg`) "
-    "or `pip install pillow-heif`"
-)
 
 
 @dataclass
@@ -60,10 +51,6 @@ class SubjectImage:
     path: Path
     image: Image.Image
     sha256: str
-
-
-class _BadImage(Exception):
-    """Internal: one file is unusable; the message is the human-readable reason."""
 
 
 def load_subject_images(
@@ -84,7 +71,7 @@ def load_subject_images(
     for path in candidates:
         try:
             image, file_notes = _load_one(path, min_size, background)
-        except _BadImage as exc:
+        except BadImage as exc:
             problems.append(f"  - {path.name}: {exc}")
             continue
         notes.extend(f"{path.name}: {note}" for note in file_notes)
@@ -190,30 +177,30 @@ def _strict_pil() -> Iterator[list[warnings.WarningMessage]]:
 def _load_one(
     path: Path, min_size: int, background: tuple[int, int, int]
 ) -> tuple[Image.Image, list[str]]:
-    """Fully decode and normalise one file, or raise :class:`_BadImage` with the reason."""
+    """Fully decode and normalise one file, or raise :class:`BadImage` with the reason."""
     try:
         head = _precheck(path)
         with _strict_pil() as caught, Image.open(path) as img:
             notes = _frame_notes(img)
             img.load()
-            rgb = _normalize(img, background, notes)
+            rgb = normalize(img, background, notes)
         notes.extend(f"Pillow warning: {w.message}" for w in caught)
-    except _BadImage:
+    except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         count = f"{int(found.group(1)):,} pixels" if found else "its pixel count"
-        raise _BadImage(f"{count} exceeds the {MAX_PIXELS:,}-pixel safety limit "
+        raise BadImage(f"{count} exceeds the {MAX_PIXELS:,}-pixel safety limit "
                         "(possible decompression bomb); downscale it first") from exc
     except UnidentifiedImageError as exc:
-        raise _BadImage(_identify_failure(head)) from exc
+        raise BadImage(_identify_failure(head)) from exc
     except OSError as exc:
-        raise _BadImage(f"truncated or corrupt image data ({exc})") from exc
+        raise BadImage(f"truncated or corrupt image data ({exc})") from exc
     except Exception as exc:  # Pillow raises many types for malformed files
-        raise _BadImage(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
+        raise BadImage(f"corrupt image data ({type(exc).__name__}: {exc})") from exc
     width, height = rgb.size
     if min(width, height) < min_size:
-        raise _BadImage(f"too small: {width}x{height} px, the shorter side must be at least {min_size} px")
+        raise BadImage(f"too small: {width}x{height} px, the shorter side must be at least {min_size} px")
     return rgb, notes
 
 
@@ -223,31 +210,12 @@ def _precheck(path: Path) -> bytes:
         with path.open("rb") as handle:
             head = handle.read(512)
     except OSError as exc:
-        raise _BadImage(f"cannot read the file ({exc.strerror or exc})") from exc
+        raise BadImage(f"cannot read the file ({exc.strerror or exc})") from exc
     if not head:
-        raise _BadImage("empty file (0 bytes)")
-    if (path.suffix.lower() in HEIF_SUFFIXES or _is_heif(head)) and not _heif_support():
-        raise _BadImage(_HEIF_HINT)
+        raise BadImage("empty file (0 bytes)")
+    if (path.suffix.lower() in HEIF_SUFFIXES or is_heif(head)) and not heif_support():
+        raise BadImage(HEIF_HINT)
     return head
-
-
-def _is_heif(head: bytes) -> bool:
-    """True if the bytes start an ISO-BMFF ``ftyp`` box of a HEIF/HEIC (not AVIF) file."""
-    if head[4:8] != b"ftyp" or head[8:12] not in _HEIF_BRANDS:
-        return False
-    box_size = int.from_bytes(head[0:4], "big")
-    return b"avif" not in head[16:box_size]
-
-
-@functools.lru_cache(maxsize=1)
-def _heif_support() -> bool:
-    """Register the optional pillow-heif opener; False when it is not installed."""
-    try:
-        import pillow_heif  # type: ignore[import-not-found]
-    except ImportError:
-        return False
-    pillow_heif.register_heif_opener()
-    return True
 
 
 def _identify_failure(head: bytes) -> str:
@@ -273,60 +241,6 @@ def _frame_notes(img: Image.Image) -> list[str]:
     if frames > 1 and img.format != "MPO":  # MPO = camera JPEG with preview/depth frames
         return [f"animated {img.format} with {frames} frames; only the first frame is used"]
     return []
-
-
-def _normalize(img: Image.Image, background: tuple[int, int, int], notes: list[str]) -> Image.Image:
-    """Return an upright 8-bit RGB copy of a decoded image, appending notes as needed."""
-    upright = _exif_upright(img, notes)
-    if upright.mode in _SIXTEEN_BIT_MODES:
-        return _sixteen_bit_to_rgb(upright)
-    if upright.mode == "F":
-        raise _BadImage("floating-point pixel data (mode F) is not supported; export it as 8-bit RGB")
-    if upright.mode in _ALPHA_MODES or "transparency" in upright.info:
-        rgba = upright.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            notes.append(f"transparent pixels composited over background RGB{tuple(background)}")
-        flat = Image.new("RGB", rgba.size, tuple(background))
-        flat.paste(rgba.convert("RGB"), mask=alpha)
-        return flat
-    if upright.mode == "CMYK":
-        return _cmyk_to_rgb(upright)
-    return upright if upright.mode == "RGB" else upright.convert("RGB")
-
-
-def _exif_upright(img: Image.Image, notes: list[str]) -> Image.Image:
-    """Apply the EXIF orientation tag; always returns a copy detached from the file."""
-    try:
-        upright = ImageOps.exif_transpose(img)
-    except Exception as exc:  # malformed EXIF must not make a good photo unusable
-        notes.append(f"could not read EXIF orientation ({exc}); using the image as stored")
-        return img.copy()
-    return upright if upright is not None else img.copy()
-
-
-def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
-    """Scale 16-bit greyscale (0..65535) to 8 bits by dividing by 257, then to RGB."""
-    values = np.asarray(img).astype(np.float64) / 257.0
-    eight_bit = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    return Image.fromarray(eight_bit).convert("RGB")
-
-
-def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
-    """Convert CMYK to sRGB through its embedded ICC profile when possible, else numerically."""
-    icc = img.info.get("icc_profile")
-    if icc:
-        try:
-            from PIL import ImageCms  # optional: needs Pillow built with littlecms
-
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),
-                                                  outputMode="RGB")
-            if converted is not None:
-                return converted
-        except Exception:  # missing littlecms or a broken profile: fall back below
-            pass
-    return img.convert("RGB")
 
 
 def _pixel_hash(image: Image.Image) -> str:

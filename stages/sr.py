@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from cascade_booth import parallel
-from cascade_booth.config import Config, from_dict, load_config, override, validate
+from cascade_booth.config import Config, from_dict, load_config, override
+from cascade_booth.config_checks import validate
 from cascade_booth.devices import device
 from cascade_booth.diffusion import sr_condition, training_losses
 from cascade_booth.drift import check_resume, stage_settings, subject_drift

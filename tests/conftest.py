@@ -68,15 +68,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def clock_photos(folder: Path, count: int = 3) -> Path:
+    """The first ``count`` bundled DreamBench clock photos, copied into ``folder``."""
+    for src in sorted(CLOCK.glob("*.jpg"))[:count]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def stage_one(tmp_path_factory) -> Path:
     """A finished stage one (tiny cascade, 1 step, prior on with 2 class images) on 3 clock photos."""
     from cascade_booth.session import TrainRequest
     from stages.base import run as train_base
 
-    subject = tmp_path_factory.mktemp("subject")
-    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
-        shutil.copy(src, subject / src.name)
+    subject = clock_photos(tmp_path_factory.mktemp("subject"))
     run = tmp_path_factory.mktemp("runs") / "stage-one"
     train_base(TrainRequest(subject=subject, class_noun="clock", run=run, config=tiny_config(steps=1)))
     return run

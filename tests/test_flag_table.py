@@ -10,7 +10,8 @@ import pytest
 
 from cascade_booth.cli import main
 from cascade_booth.commands import stage_config
-from cascade_booth.config import Config, choices_of, load_config
+from cascade_booth.config import Config, load_config
+from cascade_booth.config_checks import choices_of
 from cascade_booth.errors import InputError
 from cascade_booth.flags import TABLE, flags_of
 

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from cascade_booth.cli import main
-from cascade_booth.config import Config, apply_overrides, load_config, validate
+from cascade_booth.config import Config, apply_overrides, load_config
+from cascade_booth.config_checks import validate
 from cascade_booth.errors import InputError, RunError
 
 REPO = Path(__file__).resolve().parents[1]

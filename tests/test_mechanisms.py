@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import CLOCK, tiny_config
+from conftest import clock_photos, tiny_config
 from safetensors.torch import load_file
 
 from cascade_booth import runner
@@ -33,15 +33,11 @@ SEED = 3
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """Both stages trained for real (1 step each, a large learning rate so each adapter is visible), no prior."""
-    import shutil
-
     from cascade_booth.session import TrainRequest
     from stages import sr
     from stages.base import run as train_base
 
-    subject = tmp_path_factory.mktemp("subject")
-    for src in sorted(CLOCK.glob("*.jpg"))[:3]:
-        shutil.copy(src, subject / src.name)
+    subject = clock_photos(tmp_path_factory.mktemp("subject"))
     folder = tmp_path_factory.mktemp("runs") / "both"
     cfg = tiny_config(steps=1, lr=1e-2)
     cfg.prior.enabled = False

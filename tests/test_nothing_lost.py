@@ -311,7 +311,7 @@ def test_the_final_weights_space_is_held_while_training(tmp_path, env):
 
 
 def test_a_full_disk_never_leaves_half_a_loss_line(tmp_path, monkeypatch, capsys):
-    from stages.common import LossLog
+    from cascade_booth.losslog import LossLog
 
     log = LossLog(tmp_path)
     log.step(1, 0.5, 1e-4)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers_reliability import config, same, train
 
-from cascade_booth.config import load_config, validate
+from cascade_booth.config import load_config
+from cascade_booth.config_checks import validate
 from cascade_booth.errors import InputError
 from cascade_booth.optim import InBackwardAdamW
 from cascade_booth.runfolder import checkpoint_steps

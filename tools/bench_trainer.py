@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from if_configs import build_unet, param_count, resolve  # a sibling: the script's folder is first on sys.path
 
-from cascade_booth.config import OPTIMIZERS, StageConfig, validate
+from cascade_booth.config import StageConfig
+from cascade_booth.config_checks import OPTIMIZERS, validate
 from cascade_booth.diffusion import training_losses
 from cascade_booth.lora import add_lora
 from cascade_booth.trainer import Batch, Callbacks, train

@@ -129,6 +129,21 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
     return hi[..., y:y + CROP, x:x + CROP], cond[..., y:y + CROP, x:x + CROP], levels
 
 
+def high_noise_weights(model: str, sched, gen: torch.Generator, batch: int) -> torch.Tensor:
+    """Stage two: per-sample weights clip(1 / alpha_bar_t, 1, 20) on the epsilon loss (v-prediction's weighting,
+    truncated). At high noise an epsilon error says almost nothing about x0 (x0 error = eps error x
+    sqrt((1 - a) / a)), so plain epsilon MSE barely teaches the SR model to copy its low-res input there, and
+    sampling from pure noise then locks into a wrong start. Stage one keeps IF's plain objective.
+
+    The timesteps are the ones ``training_losses`` draws next: read from a copy of the generator.
+    """
+    if model == "base":
+        return torch.ones(batch)
+    ahead = torch.Generator().set_state(gen.get_state())
+    t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=ahead)
+    return (1.0 / sched.alphas_cumprod[t]).clamp(1.0, 20.0).float()
+
+
 def save_state(path: Path, unet, ema, opt, step: int, start: int) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -196,7 +211,9 @@ def train(args) -> None:
             cond, labels, x0 = None, None, hi
         else:
             x0, cond, labels = sr_batch(hi, low, noising, gen)
-        loss = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels).mean()
+        weights = high_noise_weights(args.model, sched, gen, x0.shape[0])
+        per_sample = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels)
+        loss = (weights * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -21,7 +21,7 @@ A spec is a TOML file (``cascade-booth sweep --spec sweep.toml``)::
 Grid and fixed keys are config fields (``section.field``, or ``seed``) or ``class_noun``; nested
 tables (``[grid.base] lr = [...]``) mean the same. CLI flags (``--grid KEY=V1,V2``, ``--set KEY=V``,
 ``--subject`` ...) override the file. Unknown keys (with a suggestion), wrong types, empty axes and
-every point's config (:func:`cascade_booth.config.validate`) are errors naming the culprit.
+every point's config (:func:`cascade_booth.config_checks.validate`) are errors naming the culprit.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def point_name(settings: dict[str, Any]) -> str:
 
 
 def point_config(base: Config, values: dict[str, Any], where: str) -> Config:
-    """``base`` with ``section.field`` values set, checked by :func:`cascade_booth.config.validate`."""
+    """``base`` with ``section.field`` values set, checked by :func:`cascade_booth.config_checks.validate`."""
     fields = {key: value for key, value in values.items() if key != CLASS_NOUN}
     return override(copy.deepcopy(base), fields, where=where)
 
