@@ -69,3 +69,9 @@ def test_world_run_end_to_end_with_class_prompts(tmp_path):
     assert [(m["kind"], m["prompt"]) for m in metas] == [("instance", f"a {identifier} teapot in the snow"),
                                                           ("class", "a teapot in the snow")]
     assert all(m["width"] == 128 for m in metas)
+    scored = _invoke(["evaluate", "--run", str(run), "--subject", str(subject), "--prompts", "dreambench",
+                      "--dino-model", "world", "--clip-model", "world", "--no-html"])
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert metrics["models"]["dino"]["id"] == "world" and metrics["models"]["clip"]["id"] == "world"
+    assert metrics["overall"]["real_images"]["dino"] > 0.6  # the world DINO sees one design in the photos

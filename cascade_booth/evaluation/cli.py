@@ -83,8 +83,9 @@ def _out_dir(out_dir: Path | None, run_dir: Path | None, default: str = "--run")
               help="Where to write metrics.json, report.md and report.html "
                    "[default: RUN/evaluation, or RUNS/evaluation with --dreambench --runs].")
 @click.option("--dino-model", default=DEFAULT_DINO, show_default=True,
-              help="DINO ViT hub id or local folder.")
-@click.option("--clip-model", default=DEFAULT_CLIP, show_default=True, help="CLIP hub id or local folder.")
+              help="DINO ViT hub id, local folder, or 'world' (the world's evaluator).")
+@click.option("--clip-model", default=DEFAULT_CLIP, show_default=True,
+              help="CLIP hub id, local folder, or 'world'.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per extractor batch.")
 @click.option("--html/--no-html", default=True, show_default=True, help="Also write the HTML page.")

@@ -55,6 +55,10 @@ def resolve_source(spec: str, what: str, option: str, default: str) -> tuple[str
     spec = str(spec).strip()
     if not spec:
         raise ModelNotFoundError(f"{what} model: empty id. " + _folder_hint(option, default))
+    if spec == "world":  # the evaluators shipped with the world (cascade_booth/world/models/dino, clip)
+        from cascade_booth.world.cascade import SHIPPED
+
+        spec = str(SHIPPED / what.lower())
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
