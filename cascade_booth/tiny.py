@@ -104,25 +104,38 @@ def if_scheduler(sample_max_value: float):
     )
 
 
+def noising_scheduler():
+    """IF-II's ``image_noising_scheduler``: noise-augments the upsampled low-res input."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+
+
+def save_if_pipeline(out: Path, stage: int, unet, tokenizer, text_encoder) -> None:
+    """Write ``out`` as an IFPipeline (stage 1) or IFSuperResolutionPipeline (stage 2) folder."""
+    from diffusers import IFPipeline, IFSuperResolutionPipeline
+
+    none = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    if stage == 1:
+        pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=if_scheduler(1.5),
+                          **none)
+    else:
+        pipe = IFSuperResolutionPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
+                                         scheduler=if_scheduler(1.0), image_noising_scheduler=noising_scheduler(),
+                                         **none)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 def build_cascade(out: Path, seed: int = 0) -> None:
     """Write ``out/stage1`` (IFPipeline) and ``out/stage2`` (IFSuperResolutionPipeline) in diffusers layout."""
-    from diffusers import DDPMScheduler, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(len(tokenizer))
-    none = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
-    stage1 = IFPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=UNet2DConditionModel(**unet_config(1)),
-        scheduler=if_scheduler(1.5), **none,
-    )
-    stage1.save_pretrained(out / "stage1", safe_serialization=True)
-    stage2 = IFSuperResolutionPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=UNet2DConditionModel(**unet_config(2)),
-        scheduler=if_scheduler(1.0), image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        **none,
-    )
-    stage2.save_pretrained(out / "stage2", safe_serialization=True)
+    for stage in (1, 2):
+        save_if_pipeline(out / f"stage{stage}", stage, UNet2DConditionModel(**unet_config(stage)), tokenizer,
+                         text_encoder)
 
 
 def ensure_tiny_cascade(cache_dir: Path) -> Path:

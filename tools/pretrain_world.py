@@ -29,6 +29,7 @@ from cascade_booth.diffusion import sr_condition, training_losses
 from cascade_booth.images import to_tensor
 from cascade_booth.models import cache_dir
 from cascade_booth.runfolder import atomic_path
+from cascade_booth.sampling import make_scheduler, sample_base
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.world import cascade
 from cascade_booth.world.render import draw_scene
@@ -160,16 +161,8 @@ def sample_grid(ema, model: str, index, embeds, root: Path, step: int) -> None:
     prompts = [caption(c, col, None, ctx) for c, col, ctx in
                zip(CLASSES * 3, list(COLOURS) * 2, list(CONTEXTS)[1:] * 3, strict=False)][:16]
     cond = torch.stack([embeds[index[p]] for p in prompts])
-    sched = cascade.if_scheduler(1.5)
-    sched.set_timesteps(50)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 3, 32, 32, generator=gen)
-    uncond = embeds[0:1].expand(16, -1, -1)
-    for t in sched.timesteps:
-        out = ema(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample
-        c, u = out.chunk(2)
-        eps = u[:, :3] + 4.0 * (c[:, :3] - u[:, :3])
-        x = sched.step(torch.cat([eps, c[:, 3:]], 1), t, x, generator=gen).prev_sample
+    sched = make_scheduler(cascade.if_scheduler(1.5).config, "learned", 50, "cpu")
+    x = sample_base(ema, sched, cond, embeds[0:1].expand(16, -1, -1), 4.0, torch.Generator().manual_seed(0))
     img = ((x.clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).numpy()
     grid = img.reshape(4, 4, 32, 32, 3).transpose(0, 2, 1, 3, 4).reshape(128, 128, 3)
     Image.fromarray(grid).resize((384, 384), Image.Resampling.NEAREST).save(root / f"samples-{step:06d}.png")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from cascade_booth.tiny import if_scheduler, noising_scheduler  # noqa: F401  (IF's schedulers, shared)
+from cascade_booth.tiny import save_if_pipeline as save_pipeline  # noqa: F401  (one IF-layout writer)
 from cascade_booth.world.vocab import CLASSES, COLOURS, CONTEXTS, PATTERNS, caption
 
 TOKENIZER_VOCAB = 1200
@@ -88,34 +90,3 @@ def unet_config(stage: int) -> dict:
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D",
                         "ResnetUpsampleBlock2D"),
     )
-
-
-def if_scheduler(sample_max_value: float):
-    """IF's sampling scheduler (learned_range variance, dynamic thresholding)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        variance_type="learned_range", beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
-        thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=sample_max_value,
-    )
-
-
-def noising_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(beta_schedule="squaredcos_cap_v2")
-
-
-def save_pipeline(out: Path, stage: int, unet, tokenizer, text_encoder) -> None:
-    """Write ``out`` as an IFPipeline (stage 1) or IFSuperResolutionPipeline (stage 2) folder."""
-    from diffusers import IFPipeline, IFSuperResolutionPipeline
-
-    none = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
-    if stage == 1:
-        pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=if_scheduler(1.5),
-                          **none)
-    else:
-        pipe = IFSuperResolutionPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
-                                         scheduler=if_scheduler(1.0), image_noising_scheduler=noising_scheduler(),
-                                         **none)
-    pipe.save_pretrained(out, safe_serialization=True)
