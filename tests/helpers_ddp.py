@@ -32,7 +32,10 @@ def main(config: str, subject: str, fresh: str, resumed: str) -> None:
     prior._sample = counting_sample
     base = ["train-base", "--config", config, "--subject", subject, "--class-noun", "clock"]
     cli([*base, "--run", fresh], standalone_mode=False)
-    print(f"RANK {torch.distributed.get_rank()} MADE {json.dumps(made)}", flush=True)
+    # One write with its newline: under an unbuffered launcher print() writes text and "\n" separately, and
+    # the main process's own output could land between them.
+    sys.stdout.write(f"RANK {torch.distributed.get_rank()} MADE {json.dumps(made)}\n")
+    sys.stdout.flush()
     cli(["train-sr", "--config", config, "--run", fresh], standalone_mode=False)
     cli([*base, "--run", resumed, "--resume", "--allow-drift"], standalone_mode=False)
 
