@@ -99,6 +99,9 @@ class RenderConfig:
     sr_steps: int = 50
     sr_guidance: float = 4.0
     num_images: int = 4
+    # Stage two's first sample: "noise" (IFSuperResolutionPipeline) or "input": the upsampled 64 px image noised
+    # to the first timestep (IFImg2ImgSuperResolutionPipeline at strength 1). See sampling.sample_sr.
+    sr_start: str = "noise"
 
 
 @dataclass

@@ -68,6 +68,7 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "PriorConfig": {"sampler": ("ddpm", "dpm++")},
     "StageConfig": {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "variance": ("learned", "fixed")},
     "SRConfig": {"prompt": ("instance", "class")},
+    "RenderConfig": {"sr_start": ("noise", "input")},
 }
 
 

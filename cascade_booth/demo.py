@@ -1,43 +1,79 @@
-"""``cascade-booth demo``: the whole cascade, offline, on the bundled DreamBench clock and the tiny cascade."""
+"""``cascade-booth demo``: personalization you can see, offline, on the world cascade (issue 13).
+
+One held-out world subject (a design the pretraining never drew), both stages trained on its photos
+with the world preset at demo speed, then the subject in several contexts beside the same prompts
+without ``[V]`` (the paper's class prompts: drift) and from the pretrained cascade (the baseline),
+read back by the world's attribute net (``cascade_booth.world.readback``). Everything lands in OUT:
+``subject/`` (the photos), ``run/`` (the run folder), ``renders/``, ``demo.png`` and ``report.html``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from cascade_booth.clikit import TqdmCallbacks, class_progress
-from cascade_booth.config import load_config
+from cascade_booth.config import load_config, override
 from cascade_booth.diskspace import WriteError, failed, reason
 from cascade_booth.errors import InputError
 from cascade_booth.runfolder import atomic_path
 from cascade_booth.writable import check_cache, check_writable
 
-CLOCK = Path(__file__).parent / "data" / "clock"
-PROMPT = "a [V] clock in the jungle"
-MARKER = ".cascade-booth-demo"  # in the demo's run folder: what a later demo may remove
+CLOCK = Path(__file__).parent / "data" / "clock"  # the bundled DreamBench photos (the tiny demo before the world)
+SUBJECT = ("clock", 1)  # world subject: class and seed (a held-out design: a green clock with stripes)
+CONTEXTS = ["beach", "snow", "cobblestone", "city"]
+MARKER = ".cascade-booth-demo"  # in the demo's folders: what a later demo may remove
+# The world preset at demo speed: fewer class images and steps (run.json records what was used).
+DEMO_SETTINGS = {"prior.class_images": 16, "base.steps": 300, "base.checkpoint_every": 0, "sr.steps": 60,
+                 "sr.checkpoint_every": 0}
+RENDER_STEPS = 20
 
 
-def run_demo(out: Path) -> list[Path]:
-    """Train stage one and stage two on the clock photos, then render the jungle prompt."""
-    from cascade_booth.runner import RenderRequest, render_run
+@dataclass
+class DemoResult:
+    figures: dict
+    grid: Path
+    report: Path
+
+
+def run_demo(out: Path) -> DemoResult:
+    """Make the subject's photos, train stage one and stage two on them, render, read back, report."""
     from cascade_booth.session import TrainRequest
+    from cascade_booth.world.readback import score_run
     from stages import get_stage
     from stages.sr import SRRequest
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the network
     check_writable(out, "--out")
     check_cache()
-    run_dir = out / "run"
-    start_over(run_dir)
-    click.echo(f"demo: personalizing the tiny IF cascade on {CLOCK} -> {run_dir}")
-    base = TrainRequest(subject=CLOCK, class_noun="clock", run=run_dir, config=load_config("tiny"))
+    subject, run_dir = out / "subject", out / "run"
+    for folder in (subject, run_dir, out / "renders"):
+        start_over(folder)
+    cls, seed = SUBJECT
+    photos = write_subject(subject, cls, seed)
+    click.echo(f"demo: {photos}; personalizing the world cascade on it -> {run_dir}")
+    config = override(load_config("world"), DEMO_SETTINGS, where="the demo's settings")
+    base = TrainRequest(subject=subject, class_noun=cls, run=run_dir, config=config)
     _with_progress("stage one", lambda cb: get_stage("base").run(base, cb, progress=class_progress()))
     _with_progress("stage two", lambda cb: get_stage("sr").run(SRRequest(run=run_dir), cb))
-    return render_run(RenderRequest(run=run_dir, prompts=[PROMPT], out=out / "renders", seed=0))
+    click.echo("demo: rendering the subject in new contexts, the class prompts and the pretrained cascade")
+    scored = score_run(run_dir, subject, out / "renders", num_images=1, steps=RENDER_STEPS, contexts=CONTEXTS)
+    from cascade_booth.world.demoreport import write_report
+
+    grid, report = write_report(out, subject, scored)
+    return DemoResult(scored.figures, grid, report)
+
+
+def write_subject(folder: Path, cls: str, seed: int) -> str:
+    """The held-out subject's photos and subject.json in ``folder`` (as ``cascade-booth world subject``)."""
+    from cascade_booth.world.cli import write_subject_photos
+
+    return write_subject_photos(folder, cls, seed, 5)
 
 
 def made_by_demo(run_dir: Path) -> bool:
@@ -54,7 +90,7 @@ def made_by_demo(run_dir: Path) -> bool:
 
 
 def start_over(run_dir: Path) -> None:
-    """Remove an earlier demo's ``run_dir`` and mark the new one; refuse to touch anything else there."""
+    """Remove an earlier demo's folder ``run_dir`` and mark the new one; refuse to touch anything else there."""
     if run_dir.exists() or run_dir.is_symlink():
         if not made_by_demo(run_dir):
             raise InputError(f"{run_dir} exists and was not made by `cascade-booth demo`, so the demo leaves it as "

@@ -46,6 +46,7 @@ def render_meta(plan: Plan, i: int, j: int, image: Image.Image) -> dict[str, Any
         "variance": {s.name: s.variance for s in stages},
         "variance_type": {s.name: s.variance_type for s in stages},
         "noise_level": None if plan.sr is None else plan.sr.noise_level,
+        "sr_start": None if plan.sr is None else plan.sr.start,
         "run": None if plan.run is None else str(plan.run.path), "cascade_booth": __version__,
     }
 

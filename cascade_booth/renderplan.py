@@ -62,6 +62,7 @@ class StagePlan:
     steps: int
     guidance: float
     noise_level: int | None = None
+    start: str = "noise"  # stage two's first sample (config.RenderConfig.sr_start)
     variance_type: str | None = None  # the scheduler's, once sampled (learned_range or fixed_small)
 
     @property
@@ -136,7 +137,8 @@ def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderReques
                         f"'{spec}' (no adapter). Train it with `cascade-booth train-sr --run {run.path}`.")
         path = resolve_model(spec, stage=2)
         check_sr_model(path, spec, int(base["resolution"]))
-        return StagePlan("sr", spec, path, None, "learned", steps, guidance, cfg.sr.noise_level)
+        return StagePlan("sr", spec, path, None, "learned", steps, guidance, cfg.sr.noise_level,
+                         cfg.render.sr_start)
     trained_for = (record.get("base_resolution"), record.get("base_model"), record.get("identifier"))
     current = (base.get("resolution"), meta["models"]["base"], meta["identifier"])
     if trained_for != current:
@@ -146,7 +148,7 @@ def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderReques
     path = _stage_model(record, record["model"], 2)
     check_sr_model(path, record["model"], int(base["resolution"]))
     return StagePlan("sr", record["model"], path, _weights(run, "sr", record), record.get("variance", "learned"),
-                     steps, guidance, int(record["noise_level"]))
+                     steps, guidance, int(record["noise_level"]), cfg.render.sr_start)
 
 
 def plan_upscaler(cfg: Config, req: RenderRequest) -> Path | None:
@@ -182,7 +184,7 @@ def plan_pretrained(req: RenderRequest) -> Plan:
         sr_path = resolve_model(cfg.model.sr, stage=2)
         check_sr_model(sr_path, cfg.model.sr, _resolution(base_path))
         sr = StagePlan("sr", cfg.model.sr, sr_path, None, "learned", req.steps or cfg.render.sr_steps,
-                       cfg.render.sr_guidance, cfg.sr.noise_level)
+                       cfg.render.sr_guidance, cfg.sr.noise_level, cfg.render.sr_start)
     notes = check_prompts(load_tokenizer(base_path), templates, templates)
     out = Path(req.out) if req.out is not None else Path("renders")
     check_writable(out, "--out")

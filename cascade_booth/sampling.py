@@ -9,6 +9,7 @@ text branch's variance half. How the variance output is used comes from the run 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from cascade_booth.diffusion import sr_condition, unet_input
@@ -61,12 +62,23 @@ def sample_base(unet, scheduler, text, neg, guidance: float, generator, callback
 
 @torch.no_grad()
 def sample_sr(unet, scheduler, noising_scheduler, low_res, text, neg, noise_level: int, guidance: float,
-              generator, callback=None) -> torch.Tensor:
-    """Stage two: 64 px images [B,3,64,64] in [-1,1] -> [B,3,S,S] with the training conditioning."""
+              generator, callback=None, start: str = "noise") -> torch.Tensor:
+    """Stage two: 64 px images [B,3,64,64] in [-1,1] -> [B,3,S,S] with the training conditioning.
+
+    ``start="input"`` begins from the upsampled input noised to the first timestep instead of pure
+    noise. In training, x_t at IF's first sampling step (t = 960, alpha_bar 0.0037) still carries the
+    image's low frequencies (they average the noise away over many pixels), so a model learns to read
+    them from x_t; pure noise has none, and a small SR model then locks in a wrong colour at the first
+    step (the flaw of non-zero terminal SNR, Lin et al. 2023). Same as diffusers'
+    ``IFImg2ImgSuperResolutionPipeline`` with the upsampled input as ``original_image`` and strength 1.
+    """
     size = unet.config.sample_size
     shape = (low_res.shape[0], unet.config.in_channels // 2, size, size)
     x = randn_tensor(shape, generator=generator, device=text.device, dtype=text.dtype)
     x = x * scheduler.init_noise_sigma
+    if start == "input":
+        upscaled = F.interpolate(low_res.to(text.dtype), (size, size), mode="bilinear", align_corners=True)
+        x = scheduler.add_noise(upscaled, x, scheduler.timesteps[:1])
     cond, labels = sr_condition(low_res.to(text.dtype), size, noise_level, noising_scheduler, generator)
     return _denoise(unet, scheduler, x, text, neg, guidance, generator, cond, labels, callback)
 

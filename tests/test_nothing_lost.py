@@ -60,14 +60,23 @@ def _stub_demo_training(monkeypatch) -> None:
     """The demo's training and rendering as no-ops: these tests are about what it does to --out."""
     import stages
     from cascade_booth import runner
+    from cascade_booth.world import demoreport, readback
 
     class Stage:
         @staticmethod
         def run(request, callbacks=None, progress=None):
             return None
 
+    def score_run(run, subject, out, **kw):
+        rates = {"images": 0, "dino": 0.0, "colour": 0.0, "pattern": 0.0, "context": 0.0, "class": 0.0}
+        figures = {"instance": rates, "class": rates, "pretrained": rates, "colour_drift": 0.0, "size": 128,
+                   "subject": {"class": "vase", "colour": "red", "pattern": "dots"}}
+        return readback.Scored(figures, {"instance": [], "class": [], "pretrained": []})
+
     monkeypatch.setattr(stages, "get_stage", lambda name: Stage)
     monkeypatch.setattr(runner, "render_run", lambda request: [])
+    monkeypatch.setattr(readback, "score_run", score_run)
+    monkeypatch.setattr(demoreport, "write_report", lambda out, subject, scored: (out / "demo.png", out / "r.html"))
 
 
 def _demo(out: Path):

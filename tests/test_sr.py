@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, IFSuperResolutionPipeline, UNet2DConditionModel
+from diffusers import DDPMScheduler, IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -101,7 +101,27 @@ def captured(stage_one):
         "diffusers": _first_unet_call(unet, lambda: pipe(
             image=low_res, prompt_embeds=text, negative_prompt_embeds=neg, num_inference_steps=2,
             noise_level=level, guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), output_type="pt")),
+        "ours_input": _first_unet_call(unet, lambda: sample_sr(
+            unet, sched, job.noising_scheduler, low_res, text, neg, level, 4.0,
+            torch.Generator().manual_seed(seed), start="input")),
+        "diffusers_img2img": _first_unet_call(unet, lambda: IFImg2ImgSuperResolutionPipeline(**pipe.components)(
+            image=low_res, original_image=upsampled(low_res, 256), strength=1.0, prompt_embeds=text,
+            negative_prompt_embeds=neg, num_inference_steps=2, noise_level=level, guidance_scale=4.0,
+            generator=torch.Generator().manual_seed(seed), output_type="pt")),
     }
+
+
+def upsampled(low_res: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.nn.functional.interpolate(low_res, (size, size), mode="bilinear", align_corners=True)
+
+
+def test_sr_start_from_the_input_equals_diffusers_img2img_sr_at_strength_one(captured):
+    """render.sr_start = "input": the first sample is the upsampled input noised to the first timestep."""
+    ours, theirs, pure = captured["ours_input"]["sample"], captured["diffusers_img2img"]["sample"], \
+        captured["ours"]["sample"]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours[:, 3:], pure[:, 3:], rtol=0, atol=1e-6)  # same conditioning as from noise
+    assert not torch.allclose(ours[:, :3], pure[:, :3], atol=1e-3)  # but another start
 
 
 def test_training_conditioning_equals_rendering_and_diffusers(captured):

@@ -150,3 +150,29 @@ def test_template_fills_to_single_spaced_phrases():
     assert caption("vase") == "a vase"
     assert caption("vase", "red", "dots", "beach") == "a red vase with polka dots on the beach"
     assert not re.search(r"\s{2}", caption("clock", None, "plain", "plain"))
+
+
+def test_cli_score_names_a_subject_folder_without_subject_json(tmp_path):
+    run, photos = tmp_path / "run", tmp_path / "photos"
+    run.mkdir()
+    photos.mkdir()
+    result = CliRunner().invoke(main, ["world", "score", "--run", str(run), "--subject", str(photos)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--subject {photos}: no subject.json" in result.output
+
+
+def test_read_back_of_ground_truth_photos_and_context_of_prompts(tmp_path):
+    from cascade_booth.world.readback import Subject, context_of, instance_prompts, score_renders
+
+    out = tmp_path / "vase"
+    assert CliRunner().invoke(main, ["world", "subject", "--class", "vase", "--seed", "2", "--out", str(out)]
+                              ).exit_code == 0
+    subject = Subject.load(out)
+    photos = sorted(out.glob("*.png"))
+    for p in photos:  # the sidecars a render writes: the photos as renders of "a vase" (plain context)
+        p.with_suffix(".json").write_text(json.dumps({"prompt": "a vase", "kind": "instance"}))
+    figures = score_renders(photos, subject)["instance"]
+    assert figures["colour"] == 1.0 and figures["pattern"] == 1.0 and figures["class"] == 1.0
+    prompts = instance_prompts("vase")
+    assert len(prompts) == len(CONTEXTS) - 1 and prompts[1] == "a [V] vase in the jungle"
+    assert [context_of(p) for p in prompts] == [c for c in CONTEXTS if c != "plain"] and context_of("a vase") == "plain"

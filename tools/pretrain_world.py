@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def text_models(root: Path):
     from transformers import T5EncoderModel, T5Tokenizer
 
     folder = root / "text"
+    shipped = cascade.SHIPPED / "base"
+    if not (folder / "text_encoder" / "config.json").exists() and (shipped / "text_encoder").is_dir():
+        # A new machine carries on from the shipped weights: they were trained on exactly these (frozen) texts.
+        tmp = root / ".text-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for part in ("tokenizer", "text_encoder"):
+            shutil.copytree(shipped / part, tmp / part)
+        tmp.rename(folder)
     if not (folder / "text_encoder" / "config.json").exists():
         tok = cascade.build_tokenizer()
         enc = cascade.build_text_encoder(len(tok))
@@ -130,11 +139,13 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
     return hi[..., y:y + CROP, x:x + CROP], cond[..., y:y + CROP, x:x + CROP], levels
 
 
-def high_noise_weights(model: str, sched, gen: torch.Generator, batch: int) -> torch.Tensor:
-    """Stage two: per-sample weights clip(1 / alpha_bar_t, 1, 20) on the epsilon loss (v-prediction's weighting,
+def high_noise_weights(model: str, sched, gen: torch.Generator, batch: int, cap: float) -> torch.Tensor:
+    """Stage two: per-sample weights clip(1 / alpha_bar_t, 1, cap) on the epsilon loss (x0-space error,
     truncated). At high noise an epsilon error says almost nothing about x0 (x0 error = eps error x
     sqrt((1 - a) / a)), so plain epsilon MSE barely teaches the SR model to copy its low-res input there, and
-    sampling from pure noise then locks into a wrong start. Stage one keeps IF's plain objective.
+    sampling from pure noise then locks into a wrong start. The first segment (to step 2300) used cap 20: its
+    x0 at the sampler's first step (t = 960, alpha_bar 0.0037) still had MSE 0.2 and the samples a global colour
+    shift, so the next segment uses cap 1000 (reaches t ~ 975). Stage one keeps IF's plain objective.
 
     The timesteps are the ones ``training_losses`` draws next: read from a copy of the generator.
     """
@@ -142,13 +153,13 @@ def high_noise_weights(model: str, sched, gen: torch.Generator, batch: int) -> t
         return torch.ones(batch)
     ahead = torch.Generator().set_state(gen.get_state())
     t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=ahead)
-    return (1.0 / sched.alphas_cumprod[t]).clamp(1.0, 20.0).float()
+    return (1.0 / sched.alphas_cumprod[t]).clamp(1.0, cap).float()
 
 
-def save_state(path: Path, unet, ema, opt, step: int, start: int) -> None:
+def save_state(path: Path, unet, ema, opt, step: int, start: int, cap: float) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "start": start}, tmp)
+                    "start": start, "sr_weight_cap": cap}, tmp)
 
 
 @torch.no_grad()
@@ -204,7 +215,7 @@ def train(args) -> None:
             cond, labels, x0 = None, None, hi
         else:
             x0, cond, labels = sr_batch(hi, low, noising, gen)
-        weights = high_noise_weights(args.model, sched, gen, x0.shape[0])
+        weights = high_noise_weights(args.model, sched, gen, x0.shape[0], args.sr_weight_cap)
         per_sample = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels)
         loss = (weights * per_sample).mean()
         opt.zero_grad(set_to_none=True)
@@ -222,7 +233,7 @@ def train(args) -> None:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % args.save_every == 0 or step == args.steps:
             log.flush()
-            save_state(root / "state.pt", unet, ema, opt, step, start)
+            save_state(root / "state.pt", unet, ema, opt, step, start, args.sr_weight_cap)
         if step % args.sample_every == 0:
             sample_grid(ema.eval(), args.model, index, embeds, root, step)
     bar.close()
@@ -255,6 +266,8 @@ def export(out: Path) -> None:
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
         summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
                    "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
+        if model == "sr":  # the segment to step 2300 used cap 20 (high_noise_weights)
+            summary["sr_weight_cap"] = state.get("sr_weight_cap", 20.0)
         if earlier is not None:  # this segment started from the shipped weights at step `start`
             summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
             summary["segments"] = earlier.get("segments", [earlier["steps"]]) + [state["step"]]
@@ -304,6 +317,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--init-from-shipped", action="store_true")
+    parser.add_argument("--sr-weight-cap", type=float, default=1000.0, help="stage two: cap of the 1/alpha_bar weight")
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--out", type=Path, default=cascade.SHIPPED)
     args = parser.parse_args()

@@ -180,6 +180,7 @@ def sr_fidelity(n: int, steps: int) -> dict:
     from diffusers import UNet2DConditionModel
     from transformers import T5EncoderModel, T5Tokenizer
 
+    from cascade_booth.config import load_config
     from cascade_booth.images import to_tensor
     from cascade_booth.sampling import make_scheduler, sample_sr
     from cascade_booth.text import TextEmbeddings
@@ -200,7 +201,8 @@ def sr_fidelity(n: int, steps: int) -> dict:
     scheduler = make_scheduler(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), "learned",
                                steps, "cpu")
     gens = [torch.Generator().manual_seed(i) for i in range(len(examples))]
-    out = sample_sr(unet, scheduler, noising_scheduler(), low, text, neg, 50, 1.0, gens).clamp(-1, 1)
+    start = load_config("world").render.sr_start  # as render samples it
+    out = sample_sr(unet, scheduler, noising_scheduler(), low, text, neg, 50, 1.0, gens, start=start).clamp(-1, 1)
     bilinear = F.interpolate(low, (128, 128), mode="bilinear", align_corners=True)
     model = ev.load_attributes(SHIPPED / "attributes")
     truth = [e.design.pattern for e in examples]
@@ -208,7 +210,7 @@ def sr_fidelity(n: int, steps: int) -> dict:
     def pattern_acc(x: torch.Tensor) -> float:
         return float(np.mean([r["pattern"] == p for r, p in zip(model.read(x), truth, strict=True)]))
 
-    return {"images": len(examples), "steps": steps, "noise_level": 50,
+    return {"images": len(examples), "steps": steps, "noise_level": 50, "sr_start": start,
             "mse_sr": float(((out - hi) ** 2).mean()), "mse_bilinear": float(((bilinear - hi) ** 2).mean()),
             "pattern_read_back_sr": pattern_acc(out), "pattern_read_back_bilinear": pattern_acc(bilinear),
             "pattern_read_back_truth": pattern_acc(hi)}

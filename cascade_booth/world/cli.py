@@ -89,17 +89,21 @@ def dataset_cmd(count: int, seed: int, size: int, out: Path) -> None:
 @friendly
 def subject_cmd(cls: str, seed: int, out: Path, count: int) -> None:
     """A DreamBench-like photo set of ONE design the pretraining never drew, with OUT/subject.json."""
+    click.echo(f"wrote {write_subject_photos(_out_folder(out), cls, seed, count)}")
+
+
+def write_subject_photos(out: Path, cls: str, seed: int, count: int) -> str:
+    """``count`` photos of held-out design ``seed`` of ``cls`` and ``subject.json`` in ``out``; says what they show."""
     from cascade_booth.world.render import draw_scene
     from cascade_booth.world.sampling import subject_examples
 
-    out = _out_folder(out)
     examples = subject_examples(cls, seed, count)
     for i, ex in enumerate(examples):
         draw_scene(ex.scene, SUBJECT_SIZE).save(out / f"{i:02d}.png")
     d = examples[0].design
     _write_json(out / "subject.json", {**d.to_json(), "seed": seed, "size": SUBJECT_SIZE,
                                        "photos": [ex.scene.to_json() for ex in examples]})
-    click.echo(f"wrote {count} photos of a {d.colour} {cls} ({d.pattern}, design {d.id}) to {out}")
+    return f"{count} photos of a {d.colour} {cls} ({d.pattern}, design {d.id}) to {out}"
 
 
 @world.command("models")
@@ -116,3 +120,35 @@ def models_cmd(as_json: bool) -> None:
         return
     for name, path in data.items():
         click.echo(f"{name}: {path or 'not shipped yet (tools/pretrain_world.py)'}")
+
+
+@world.command("score")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="A world run folder (train-base --config world).")
+@click.option("--subject", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="The `world subject` folder the run was trained on (its subject.json).")
+@click.option("--out", type=click.Path(path_type=Path), help="Where the renders go. [default: RUN/score]")
+@click.option("--num-images", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+              help="Renders per prompt.")
+@click.option("--sr/--no-sr", default=True, show_default=True, help="Read back the 128 px cascade or stage one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly
+def score_cmd(run_dir: Path, subject: Path, out: Path | None, num_images: int, sr: bool, as_json: bool) -> None:
+    """Read back a world run: the subject's colour / pattern in "a [V] <class> <context>" renders (every
+    non-plain context), the context obeyed, and the class prompts' drift against the pretrained cascade."""
+    from cascade_booth.world.readback import score_run
+
+    if not (subject / "subject.json").is_file():
+        raise InputError(f"--subject {subject}: no subject.json (make the photos with `cascade-booth world subject`)")
+    figures = score_run(run_dir, subject, out or run_dir / "score", sr=sr, num_images=num_images).figures
+    if as_json:
+        click.echo(json.dumps(figures, indent=1))
+        return
+    s = figures["subject"]
+    click.echo(f"subject: {s['colour']} {s['class']}, pattern {s['pattern']}; read back at {figures['size']} px")
+    for kind in ("instance", "class", "pretrained"):
+        f = figures[kind]
+        click.echo(f"  {kind:10s} {f['images']:3d} images: DINO {f['dino']:+.2f}  subject's colour "
+                   f"{f['colour']:4.0%}  pattern {f['pattern']:4.0%}  context {f['context']:4.0%}  "
+                   f"class {f['class']:4.0%}")
+    click.echo(f"  colour drift of the class prompts (personalized - pretrained): {figures['colour_drift']:+.2f}")
