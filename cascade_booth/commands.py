@@ -162,19 +162,12 @@ def render(prompts, run_dir, config, out, num_images, seed, steps, guidance, no_
 def demo(out: Path) -> None:
     """Offline: personalize the world cascade on a held-out world subject, render it in new contexts, report."""
     from cascade_booth.demo import run_demo
+    from cascade_booth.world.readback import summary_lines
 
     start = time.perf_counter()
     result = run_demo(out)  # it replaces only folders an earlier demo made
-    f = result.figures
     click.echo("")
-    click.echo(f"subject: a {f['subject']['colour']} {f['subject']['class']} with pattern {f['subject']['pattern']}"
-               " (neither named in the prompts)")
-    noun = f["subject"]["class"]
-    for kind, label in (("instance", f"a [V] {noun} <context>"), ("class", f"a {noun} <context> (personalized)"),
-                        ("pretrained", f"a {noun} <context> (pretrained)")):
-        r = f[kind]
-        click.echo(f"  {label:34s} DINO to the photos {r['dino']:+.2f}  subject's colour {r['colour']:4.0%}  "
-                   f"pattern {r['pattern']:4.0%}  context {r['context']:4.0%}")
+    click.echo("\n".join(summary_lines(result.figures)))
     click.echo(f"wrote {result.grid}")
     click.echo(f"report: {result.report}")
     click.echo(f"demo finished in {time.perf_counter() - start:.0f} s.")

@@ -44,6 +44,7 @@ class DemoResult:
 def run_demo(out: Path) -> DemoResult:
     """Make the subject's photos, train stage one and stage two on them, render, read back, report."""
     from cascade_booth.session import TrainRequest
+    from cascade_booth.world.cli import write_subject_photos
     from cascade_booth.world.readback import score_run
     from stages import get_stage
     from stages.sr import SRRequest
@@ -55,7 +56,7 @@ def run_demo(out: Path) -> DemoResult:
     for folder in (subject, run_dir, out / "renders"):
         start_over(folder)
     cls, seed = SUBJECT
-    photos = write_subject(subject, cls, seed)
+    photos = write_subject_photos(subject, cls, seed, 5)
     click.echo(f"demo: {photos}; personalizing the world cascade on it -> {run_dir}")
     config = override(load_config("world"), DEMO_SETTINGS, where="the demo's settings")
     base = TrainRequest(subject=subject, class_noun=cls, run=run_dir, config=config)
@@ -67,13 +68,6 @@ def run_demo(out: Path) -> DemoResult:
 
     grid, report = write_report(out, subject, scored)
     return DemoResult(scored.figures, grid, report)
-
-
-def write_subject(folder: Path, cls: str, seed: int) -> str:
-    """The held-out subject's photos and subject.json in ``folder`` (as ``cascade-booth world subject``)."""
-    from cascade_booth.world.cli import write_subject_photos
-
-    return write_subject_photos(folder, cls, seed, 5)
 
 
 def made_by_demo(run_dir: Path) -> bool:

@@ -15,11 +15,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from cascade_booth.losses import diffusion_loss
 
 
+def upsample(low_res: torch.Tensor, size: int) -> torch.Tensor:
+    """IF-II's upsampling of its low-resolution input (bilinear, corners aligned)."""
+    return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=True)
+
+
 def sr_condition(
     low_res: torch.Tensor, size: int, noise_level: int, noising_scheduler, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Upsample ``low_res`` ([B,3,h,w] in [-1,1]) to ``size`` and noise it; returns (image, class_labels)."""
-    upscaled = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=True)
+    upscaled = upsample(low_res, size)
     labels = torch.tensor([noise_level] * upscaled.shape[0], device=upscaled.device)
     noise = randn_tensor(upscaled.shape, generator=generator, device=upscaled.device, dtype=upscaled.dtype)
     return noising_scheduler.add_noise(upscaled, noise, timesteps=labels), labels

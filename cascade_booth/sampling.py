@@ -9,10 +9,9 @@ text branch's variance half. How the variance output is used comes from the run 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from cascade_booth.diffusion import sr_condition, unet_input
+from cascade_booth.diffusion import sr_condition, unet_input, upsample
 
 
 def make_scheduler(config: dict, variance: str, steps: int, device):
@@ -76,10 +75,10 @@ def sample_sr(unet, scheduler, noising_scheduler, low_res, text, neg, noise_leve
     shape = (low_res.shape[0], unet.config.in_channels // 2, size, size)
     x = randn_tensor(shape, generator=generator, device=text.device, dtype=text.dtype)
     x = x * scheduler.init_noise_sigma
+    low_res = low_res.to(text.dtype)
     if start == "input":
-        upscaled = F.interpolate(low_res.to(text.dtype), (size, size), mode="bilinear", align_corners=True)
-        x = scheduler.add_noise(upscaled, x, scheduler.timesteps[:1])
-    cond, labels = sr_condition(low_res.to(text.dtype), size, noise_level, noising_scheduler, generator)
+        x = scheduler.add_noise(upsample(low_res, size), x, scheduler.timesteps[:1])
+    cond, labels = sr_condition(low_res, size, noise_level, noising_scheduler, generator)
     return _denoise(unet, scheduler, x, text, neg, guidance, generator, cond, labels, callback)
 
 

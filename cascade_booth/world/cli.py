@@ -136,7 +136,7 @@ def models_cmd(as_json: bool) -> None:
 def score_cmd(run_dir: Path, subject: Path, out: Path | None, num_images: int, sr: bool, as_json: bool) -> None:
     """Read back a world run: the subject's colour / pattern in "a [V] <class> <context>" renders (every
     non-plain context), the context obeyed, and the class prompts' drift against the pretrained cascade."""
-    from cascade_booth.world.readback import score_run
+    from cascade_booth.world.readback import score_run, summary_lines
 
     if not (subject / "subject.json").is_file():
         raise InputError(f"--subject {subject}: no subject.json (make the photos with `cascade-booth world subject`)")
@@ -144,11 +144,4 @@ def score_cmd(run_dir: Path, subject: Path, out: Path | None, num_images: int, s
     if as_json:
         click.echo(json.dumps(figures, indent=1))
         return
-    s = figures["subject"]
-    click.echo(f"subject: {s['colour']} {s['class']}, pattern {s['pattern']}; read back at {figures['size']} px")
-    for kind in ("instance", "class", "pretrained"):
-        f = figures[kind]
-        click.echo(f"  {kind:10s} {f['images']:3d} images: DINO {f['dino']:+.2f}  subject's colour "
-                   f"{f['colour']:4.0%}  pattern {f['pattern']:4.0%}  context {f['context']:4.0%}  "
-                   f"class {f['class']:4.0%}")
-    click.echo(f"  colour drift of the class prompts (personalized - pretrained): {figures['colour_drift']:+.2f}")
+    click.echo("\n".join(summary_lines(figures)))

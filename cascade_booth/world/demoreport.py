@@ -8,6 +8,7 @@ class prompt (the baseline), each with the same seed. The subject's photos sit o
 
 from __future__ import annotations
 
+import json
 from html import escape
 from pathlib import Path
 
@@ -15,11 +16,8 @@ from PIL import Image
 
 from cascade_booth.pngmeta import grid
 from cascade_booth.runfolder import atomic_path
-from cascade_booth.world.readback import Scored, context_of
+from cascade_booth.world.readback import LABELS, Scored, context_of
 
-ROWS = (("instance", "a [V] <class> <context>: personalized"),
-        ("class", "a <class> <context>: personalized (drift)"),
-        ("pretrained", "a <class> <context>: pretrained cascade"))
 TILE = 128
 
 
@@ -32,7 +30,7 @@ def picture(subject: Path, scored: Scored) -> Image.Image:
     photos = sorted(p for p in subject.glob("*.png"))
     width = len(scored.renders["instance"])
     rows = [[_tile(p) for p in photos[:width]]]
-    rows += [[_tile(p) for p in scored.renders[kind]] for kind, _ in ROWS]
+    rows += [[_tile(p) for p in scored.renders[kind]] for kind in LABELS]
     return grid(rows)
 
 
@@ -40,7 +38,7 @@ def _figures_table(figures: dict) -> str:
     head = "<tr><th>renders</th><th>images</th><th>DINO to the subject's photos</th><th>subject's colour</th>" \
            "<th>subject's pattern</th><th>context obeyed</th><th>class obeyed</th></tr>"
     rows = []
-    for kind, label in ROWS:
+    for kind, label in LABELS.items():
         f = figures[kind]
         cells = "".join(f"<td>{100 * f[k]:.0f} %</td>" for k in ("colour", "pattern", "context", "class"))
         rows.append(f"<tr><td>{escape(label)}</td><td>{f['images']}</td><td>{f['dino']:.3f}</td>{cells}</tr>")
@@ -59,7 +57,7 @@ def to_html(figures: dict, picture_name: str, prompts: list[str]) -> str:
         "a design the pretraining never drew. Neither its colour nor its pattern is named in any prompt: "
         "a render that shows them got them from the identifier [V].</p>",
         f"<p>Top row: the subject's photos. Then, per context ({contexts}):</p><ol>",
-        *[f"<li>{escape(label)}</li>" for _, label in ROWS], "</ol>",
+        *[f"<li>{escape(label)}</li>" for label in LABELS.values()], "</ol>",
         f"<p><img src=\"{escape(picture_name)}\" alt=\"demo renders\" style=\"image-rendering:pixelated\"/></p>",
         f"<h2>Subject fidelity (world DINO) and what the world's attribute net reads ({figures['size']} px)</h2>",
         "<p>The attribute net was trained on ground-truth renders only and can misread generated images: "
@@ -70,8 +68,6 @@ def to_html(figures: dict, picture_name: str, prompts: list[str]) -> str:
 
 def write_report(out: Path, subject: Path, scored: Scored) -> tuple[Path, Path]:
     """``OUT/demo.png`` and ``OUT/report.html`` (written atomically); returns both paths."""
-    import json
-
     png, html = out / "demo.png", out / "report.html"
     with atomic_path(png) as tmp:
         picture(subject, scored).save(tmp, format="PNG")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,13 @@ def context_of(prompt: str) -> str:
     return next((k for k, phrase in CONTEXTS.items() if phrase and prompt.endswith(phrase)), "plain")
 
 
+@lru_cache(maxsize=1)
+def _attribute_net():
+    from cascade_booth.world.evaluators import load_attributes
+
+    return load_attributes(ATTRIBUTES_DIR)
+
+
 def read_images(paths: list[Path]) -> list[dict[str, str]]:
     """The attribute net's reading of each PNG (class, colour, pattern, context).
 
@@ -65,9 +73,8 @@ def read_images(paths: list[Path]) -> list[dict[str, str]]:
     at 128 px (stage two's output size).
     """
     from cascade_booth.images import to_tensor
-    from cascade_booth.world.evaluators import load_attributes
 
-    model = load_attributes(ATTRIBUTES_DIR)
+    model = _attribute_net()
     images = [Image.open(p).convert("RGB") for p in paths]
     low = torch.stack([to_tensor(im, 32) for im in images])
     full = torch.stack([to_tensor(im, 128) for im in images])  # the net's input size (stage two's output)
@@ -78,9 +85,9 @@ def read_images(paths: list[Path]) -> list[dict[str, str]]:
     return reads
 
 
-def dino_to_subject(paths: list[Path], subject_dir: Path) -> list[float]:
-    """Per render: mean cosine similarity of the world DINO embedding to the subject's photos (the paper's
-    DINO subject fidelity, section 4.1, with ``world/models/dino``, trained so one design is close)."""
+def dino_to_subject(groups: dict[str, list[Path]], subject_dir: Path) -> dict[str, float]:
+    """Per group of renders: mean cosine similarity of the world DINO embeddings to the subject's photos (the
+    paper's DINO subject fidelity, section 4.1, with ``world/models/dino``, trained so one design is close)."""
     import torch.nn.functional as F
 
     from cascade_booth.evaluation.extractors import DinoExtractor
@@ -91,28 +98,39 @@ def dino_to_subject(paths: list[Path], subject_dir: Path) -> list[float]:
         return F.normalize(dino.embed_images([Image.open(f).convert("RGB") for f in files], batch_size=32), dim=-1)
 
     photos = embed(sorted(p for p in subject_dir.iterdir() if p.suffix == ".png"))
-    return (embed(paths) @ photos.T).mean(1).tolist()
+    return {kind: float((embed(paths) @ photos.T).mean()) for kind, paths in groups.items()}
 
 
 def _rate(flags: list[bool]) -> float:
     return float(np.mean(flags)) if flags else float("nan")
 
 
-def score_renders(paths: list[Path], subject: Subject) -> dict[str, dict[str, float]]:
-    """Per kind ("instance" / "class"): read-back rates from rendered PNGs and their JSON sidecars."""
-    metas = [json.loads(p.with_suffix(".json").read_text(encoding="utf-8")) for p in paths]
-    reads = read_images(paths)
+def _by_kind(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
+    """Renders with their JSON sidecars, grouped by the sidecar's ``kind`` ("instance" / "class"), in order."""
+    groups: dict[str, list[tuple[Path, dict]]] = {}
+    for p in paths:
+        meta = json.loads(p.with_suffix(".json").read_text(encoding="utf-8"))
+        groups.setdefault(meta.get("kind", "instance"), []).append((p, meta))
+    return groups
+
+
+def _figures(groups: dict[str, list[tuple[Path, dict]]], subject: Subject) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for kind in sorted({m.get("kind", "instance") for m in metas}):
-        rows = [(m, r) for m, r in zip(metas, reads, strict=True) if m.get("kind", "instance") == kind]
+    for kind, rows in sorted(groups.items()):
+        reads = read_images([p for p, _ in rows])
         out[kind] = {
             "images": len(rows),
-            "colour": _rate([r["colour"] == subject.colour for _, r in rows]),
-            "pattern": _rate([r["pattern"] == subject.pattern for _, r in rows]),
-            "context": _rate([r["context"] == context_of(m["prompt"]) for m, r in rows]),
-            "class": _rate([r["class"] == subject.cls for _, r in rows]),
+            "colour": _rate([r["colour"] == subject.colour for r in reads]),
+            "pattern": _rate([r["pattern"] == subject.pattern for r in reads]),
+            "context": _rate([r["context"] == context_of(m["prompt"]) for (_, m), r in zip(rows, reads, strict=True)]),
+            "class": _rate([r["class"] == subject.cls for r in reads]),
         }
     return out
+
+
+def score_renders(paths: list[Path], subject: Subject) -> dict[str, dict[str, float]]:
+    """Per kind ("instance" / "class"): read-back rates from rendered PNGs and their JSON sidecars."""
+    return _figures(_by_kind(paths), subject)
 
 
 def rendered_pngs(paths: list[Path]) -> list[Path]:
@@ -145,13 +163,31 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
     base = rendered_pngs(render_run(RenderRequest(
         run=None, config=load_config("world"), prompts=class_prompts, out=out / "pretrained", num_images=num_images,
         seed=seed, steps=steps, sr=sr, warn=quiet)))
-    figures = score_renders(mine, subject)
+    groups = _by_kind(mine)
+    figures = _figures(groups, subject)
     figures["pretrained"] = score_renders(base, subject)["instance"]
-    half = len(mine) // 2  # the runner renders the instance prompts first, then their class prompts
-    renders = {"instance": mine[:half], "class": mine[half:], "pretrained": base}
-    for kind, paths in renders.items():
-        figures[kind]["dino"] = float(np.mean(dino_to_subject(paths, subject_dir)))
+    renders = {kind: [p for p, _ in rows] for kind, rows in groups.items()} | {"pretrained": base}
+    for kind, value in dino_to_subject(renders, subject_dir).items():
+        figures[kind]["dino"] = value
     figures["colour_drift"] = figures["class"]["colour"] - figures["pretrained"]["colour"]
     figures["subject"] = {"class": subject.cls, "colour": subject.colour, "pattern": subject.pattern}
     figures["size"] = 128 if sr else 32
     return Scored(figures, renders)
+
+
+LABELS = {"instance": "a [V] <class> <context>", "class": "a <class> <context>, personalized",
+          "pretrained": "a <class> <context>, pretrained"}
+
+
+def summary_lines(figures: dict) -> list[str]:
+    """What ``demo`` and ``world score`` print: the subject, one line per kind of render, the drift."""
+    s = figures["subject"]
+    lines = [f"subject: {s['colour']} {s['class']}, pattern {s['pattern']} (named in no prompt); "
+             f"read back at {figures['size']} px"]
+    for kind, label in LABELS.items():
+        f = figures[kind]
+        lines.append(f"  {label:36s} {f['images']:3d} images: DINO to the photos {f['dino']:+.2f}  subject's colour "
+                     f"{f['colour']:4.0%}  pattern {f['pattern']:4.0%}  context {f['context']:4.0%}  "
+                     f"class {f['class']:4.0%}")
+    lines.append(f"  colour drift of the class prompts (personalized - pretrained): {figures['colour_drift']:+.2f}")
+    return lines
