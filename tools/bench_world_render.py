@@ -1,0 +1,81 @@
+"""Render diffusers' DreamBooth LoRA results on the world cascade, as their README says (``tools/bench_world.py``).
+
+    python tools/bench_world_render.py --base-lora DIR [--sr-lora DIR] --identifier ID --class-noun clock \
+        --out DIR [--num-images 2] [--first]       # without --base-lora: the pretrained cascade, same sampling
+
+Stage one: ``IFPipeline`` + ``load_lora_weights`` + the scheduler switched to ``fixed_small`` variance (diffusers'
+README for IF: their scripts train epsilon only). Stage two: the world SR with the LoRA when given, else the
+pretrained SR with the identifier removed from its prompt (their README's tip for subjects whose detail the
+upscaler already knows). Stage two samples as ``IFImg2ImgSuperResolutionPipeline`` at strength 1 from the
+bilinear upsample, which is what cascade-booth's world preset does (``render.sr_start = "input"``), so both
+tools are sampled alike; 25 + 25 steps, guidance 4, noise level 50 (the world preset's render settings).
+Each PNG gets a JSON sidecar (prompt with ``[V]``, kind ``instance`` / ``class``) for the world read-back.
+``--first``: one image of the first prompt (the "first render" time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
+CONTEXTS = ["beach", "jungle", "snow", "cobblestone", "wooden_floor", "city"]  # every non-plain world context
+
+
+def prompts(class_noun: str, first: bool) -> list[tuple[str, str]]:
+    from cascade_booth.world.readback import instance_prompts
+
+    inst = instance_prompts(class_noun)
+    pairs = [(p, "instance") for p in inst] + [(p.replace("[V] ", ""), "class") for p in inst]
+    return pairs[:1] if first else pairs
+
+
+def main() -> None:
+    from diffusers import IFImg2ImgSuperResolutionPipeline, IFPipeline, IFSuperResolutionPipeline
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--base-lora", type=Path, help="stage one's LoRA folder (none: the pretrained cascade)")
+    p.add_argument("--sr-lora", type=Path)
+    p.add_argument("--identifier", required=True)
+    p.add_argument("--class-noun", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num-images", type=int, default=2)
+    p.add_argument("--first", action="store_true")
+    p.add_argument("--no-sr", dest="sr", action="store_false", help="stage one only: save the 32 px images")
+    a = p.parse_args()
+    base = IFPipeline.from_pretrained(MODELS / "base")
+    if a.base_lora:
+        base.load_lora_weights(str(a.base_lora), weight_name="pytorch_lora_weights.safetensors")
+    base.scheduler = base.scheduler.__class__.from_config(base.scheduler.config, variance_type="fixed_small")
+    # the folder is an IFSuperResolutionPipeline; its img2img sibling takes the same components
+    sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
+    if a.sr_lora:
+        sr.load_lora_weights(str(a.sr_lora), weight_name="pytorch_lora_weights.safetensors")
+    for pipe in (base, sr):
+        pipe.set_progress_bar_config(disable=True)
+    out = a.out / "personalized"
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (template, kind) in enumerate(prompts(a.class_noun, a.first)):
+        prompt = template.replace("[V]", a.identifier)
+        sr_prompt = prompt if a.sr_lora else template.replace("[V] ", "")
+        for k in range(1 if a.first else a.num_images):
+            g = torch.Generator().manual_seed(1000 * i + k)
+            low = base(prompt, num_inference_steps=25, guidance_scale=4.0, generator=g, output_type="pt").images
+            if a.sr:
+                up = F.interpolate(low, (128, 128), mode="bilinear", align_corners=True)
+                image = sr(image=low, original_image=up, strength=1.0, prompt=sr_prompt, num_inference_steps=25,
+                           guidance_scale=4.0, noise_level=50, generator=g).images[0]
+            else:
+                image = base.numpy_to_pil(((low + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).float().numpy())[0]
+            name = out / f"p{i:03d}-{k:02d}.png"
+            image.save(name)
+            name.with_suffix(".json").write_text(json.dumps({"prompt": template, "kind": kind}), encoding="utf-8")
+            print(f"rendered {name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
