@@ -134,23 +134,27 @@ def train_sr(run_dir: Path, config: str | None, resume: bool, allow_drift: bool,
 @click.option("--steps", type=int)
 @click.option("--guidance", type=float)
 @click.option("--no-sr", is_flag=True, help="Stop after stage one.")
+@click.option("--sr-strength", type=float,
+              help="Stage two's img2img strength in (0, 1] (default: the config's render.sr_strength); needs "
+                   "render.sr_start = 'input'.")
 @click.option("--prompts-file", type=click.Path(path_type=Path), help="One prompt with [V] per line.")
 @click.option("--upscale", is_flag=True, help="Add stage III (x4 upscaler, not fine-tuned).")
 @click.option("--class-prompts", is_flag=True,
               help="Also render each prompt without its [V] ('a [V] vase' -> 'a vase'): drift beside personalization.")
 @friendly
-def render(prompts, run_dir, config, out, num_images, seed, steps, guidance, no_sr, prompts_file, upscale,
-           class_prompts) -> None:
+def render(prompts, run_dir, config, out, num_images, seed, steps, guidance, no_sr, sr_strength, prompts_file,
+           upscale, class_prompts) -> None:
     """Render prompts through the personalized cascade (--run), or the pretrained one (--config)."""
     from cascade_booth.runner import RenderRequest, render_run
 
     check_flags({"--num-images": (RenderConfig, "num_images", num_images), "--seed": (Config, "seed", seed),
-                 "--steps": (RenderConfig, "steps", steps), "--guidance": (RenderConfig, "guidance", guidance)})
+                 "--steps": (RenderConfig, "steps", steps), "--guidance": (RenderConfig, "guidance", guidance),
+                 "--sr-strength": (RenderConfig, "sr_strength", sr_strength)})
     if run_dir is not None and config is not None:
         raise InputError("--config with --run: a run renders with its own recorded config; drop --config")
     request = RenderRequest(run=run_dir, prompts=list(prompts), prompts_file=prompts_file, out=out,
                             num_images=num_images, seed=seed, steps=steps, guidance=guidance, sr=not no_sr,
-                            upscale=upscale, class_prompts=class_prompts,
+                            upscale=upscale, class_prompts=class_prompts, sr_strength=sr_strength,
                             config=None if run_dir is not None or config is None else load_config(config))
     for path in render_run(request):
         click.echo(str(path))

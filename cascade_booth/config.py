@@ -102,6 +102,9 @@ class RenderConfig:
     # Stage two's first sample: "noise" (IFSuperResolutionPipeline) or "input": the upsampled 64 px image noised
     # to the first timestep (IFImg2ImgSuperResolutionPipeline at strength 1). See sampling.sample_sr.
     sr_start: str = "noise"
+    # With sr_start = "input": the fraction of stage two's steps that run, from the upsampled input noised to that
+    # point (IFImg2ImgSuperResolutionPipeline's strength); 1 = every step. See sampling.sample_sr.
+    sr_strength: float = 1.0
 
 
 @dataclass

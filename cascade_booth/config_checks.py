@@ -62,7 +62,7 @@ RANGES: dict[str, dict[str, Range]] = {
     },
     "SRConfig": {"noise_level": Range(0, 999)},  # IF's image-noising scheduler has 1000 levels
     "RenderConfig": {"steps": POSITIVE, "guidance": NON_NEGATIVE, "sr_steps": POSITIVE,
-                     "sr_guidance": NON_NEGATIVE, "num_images": POSITIVE},
+                     "sr_guidance": NON_NEGATIVE, "num_images": POSITIVE, "sr_strength": Range(0, 1, open_low=True)},
 }
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "PriorConfig": {"sampler": ("ddpm", "dpm++")},
@@ -125,6 +125,8 @@ def _table_problems(cfg: Any) -> list[Problem]:
     for name in ("base", "sr"):
         # processes=1: the number of processes is the trainer's to check, for the stage that trains
         problems += [(name, None, p) for p in in_backward_problems(getattr(cfg, name), processes=1)]
+    if cfg.render.sr_strength < 1 and cfg.render.sr_start != "input":
+        problems.append(("render", "sr_strength", "< 1 needs sr_start = \"input\" (pure noise has no strength)"))
     if cfg.identifier.rank_min >= cfg.identifier.rank_max:
         problems.append(("identifier", None, "needs rank_min < rank_max"))
     return problems

@@ -47,6 +47,7 @@ def render_meta(plan: Plan, i: int, j: int, image: Image.Image) -> dict[str, Any
         "variance_type": {s.name: s.variance_type for s in stages},
         "noise_level": None if plan.sr is None else plan.sr.noise_level,
         "sr_start": None if plan.sr is None else plan.sr.start,
+        "sr_strength": None if plan.sr is None else plan.sr.strength,
         "run": None if plan.run is None else str(plan.run.path), "cascade_booth": __version__,
     }
 

@@ -48,6 +48,7 @@ class RenderRequest:
     warn: Warn | None = None  # default: print "warning: ..." on stderr
     class_prompts: bool = False  # also each prompt without [V], kind "class": PRES samples (paper section 4.1)
     config: Config | None = None  # without a run: whose models to sample (with a run: the run's own config)
+    sr_strength: float | None = None  # stage two's img2img strength (None: render.sr_strength); needs sr_start "input"
 
 
 @dataclass
@@ -63,6 +64,7 @@ class StagePlan:
     guidance: float
     noise_level: int | None = None
     start: str = "noise"  # stage two's first sample (config.RenderConfig.sr_start)
+    strength: float = 1.0  # with start "input": the fraction of its steps that run (config.RenderConfig.sr_strength)
     variance_type: str | None = None  # the scheduler's, once sampled (learned_range or fixed_small)
 
     @property
@@ -138,7 +140,7 @@ def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderReques
         path = resolve_model(spec, stage=2)
         check_sr_model(path, spec, int(base["resolution"]))
         return StagePlan("sr", spec, path, None, "learned", steps, guidance, cfg.sr.noise_level,
-                         cfg.render.sr_start)
+                         cfg.render.sr_start, _strength(cfg, req))
     trained_for = (record.get("base_resolution"), record.get("base_model"), record.get("identifier"))
     current = (base.get("resolution"), meta["models"]["base"], meta["identifier"])
     if trained_for != current:
@@ -148,7 +150,16 @@ def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderReques
     path = _stage_model(record, record["model"], 2)
     check_sr_model(path, record["model"], int(base["resolution"]))
     return StagePlan("sr", record["model"], path, _weights(run, "sr", record), record.get("variance", "learned"),
-                     steps, guidance, int(record["noise_level"]), cfg.render.sr_start)
+                     steps, guidance, int(record["noise_level"]), cfg.render.sr_start, _strength(cfg, req))
+
+
+def _strength(cfg: Config, req: RenderRequest) -> float:
+    """Stage two's img2img strength: the request's, else the config's; checked against its start."""
+    strength = cfg.render.sr_strength if req.sr_strength is None else req.sr_strength
+    if strength < 1 and cfg.render.sr_start != "input":
+        raise InputError(f"--sr-strength {strength:g} needs render.sr_start = \"input\" (this config samples stage "
+                         f"two from pure noise, '{cfg.render.sr_start}')")
+    return strength
 
 
 def plan_upscaler(cfg: Config, req: RenderRequest) -> Path | None:
@@ -184,7 +195,7 @@ def plan_pretrained(req: RenderRequest) -> Plan:
         sr_path = resolve_model(cfg.model.sr, stage=2)
         check_sr_model(sr_path, cfg.model.sr, _resolution(base_path))
         sr = StagePlan("sr", cfg.model.sr, sr_path, None, "learned", req.steps or cfg.render.sr_steps,
-                       cfg.render.sr_guidance, cfg.sr.noise_level, cfg.render.sr_start)
+                       cfg.render.sr_guidance, cfg.sr.noise_level, cfg.render.sr_start, _strength(cfg, req))
     notes = check_prompts(load_tokenizer(base_path), templates, templates)
     out = Path(req.out) if req.out is not None else Path("renders")
     check_writable(out, "--out")

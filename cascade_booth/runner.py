@@ -93,7 +93,8 @@ def sample_cascade(plan: Plan, texts: TextEmbeddings, device: torch.device, batc
                 else:
                     low = images[i][start:start + len(g)].to(device, dtype)
                     parts.append(sample_sr(unet, _scheduler(stage, device), noising, low, text, neg,
-                                           stage.noise_level, stage.guidance, g, start=stage.start))
+                                           stage.noise_level, stage.guidance, g, start=stage.start,
+                                           strength=stage.strength))
             done.append(torch.cat(parts).float().cpu())
         images = done
         del unet, noising

@@ -36,16 +36,18 @@ def _guided(unet, x_in: torch.Tensor, t, text: torch.Tensor, neg: torch.Tensor, 
     return eps if var is None else torch.cat([eps, var], dim=1)
 
 
-def _denoise(unet, scheduler, x, text, neg, guidance, generator, cond=None, class_labels=None, callback=None):
+def _denoise(unet, scheduler, x, text, neg, guidance, generator, cond=None, class_labels=None, callback=None,
+             timesteps=None):
     channels = x.shape[1]
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
+    for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(unet_input(x, cond), t)
         out = _guided(unet, x_in, t, text, neg, guidance, class_labels, channels)
         if scheduler.config.variance_type not in ("learned", "learned_range"):
             out = out[:, :channels]
         x = scheduler.step(out, t, x, generator=generator, return_dict=False)[0]
         if callback:
-            callback(i + 1, len(scheduler.timesteps))
+            callback(i + 1, len(timesteps))
     return x
 
 
@@ -61,7 +63,7 @@ def sample_base(unet, scheduler, text, neg, guidance: float, generator, callback
 
 @torch.no_grad()
 def sample_sr(unet, scheduler, noising_scheduler, low_res, text, neg, noise_level: int, guidance: float,
-              generator, callback=None, start: str = "noise") -> torch.Tensor:
+              generator, callback=None, start: str = "noise", strength: float = 1.0) -> torch.Tensor:
     """Stage two: 64 px images [B,3,64,64] in [-1,1] -> [B,3,S,S] with the training conditioning.
 
     ``start="input"`` begins from the upsampled input noised to the first timestep instead of pure
@@ -70,16 +72,22 @@ def sample_sr(unet, scheduler, noising_scheduler, low_res, text, neg, noise_leve
     them from x_t; pure noise has none, and a small SR model then locks in a wrong colour at the first
     step (the flaw of non-zero terminal SNR, Lin et al. 2023). Same as diffusers'
     ``IFImg2ImgSuperResolutionPipeline`` with the upsampled input as ``original_image`` and strength 1.
+    ``strength`` < 1 (start "input" only) runs the last ``round(strength * steps)`` steps from the input noised
+    to the first of them, as that pipeline does: the input's colours and shapes survive a weak SR model.
     """
     size = unet.config.sample_size
     shape = (low_res.shape[0], unet.config.in_channels // 2, size, size)
     x = randn_tensor(shape, generator=generator, device=text.device, dtype=text.dtype)
     x = x * scheduler.init_noise_sigma
     low_res = low_res.to(text.dtype)
+    timesteps = scheduler.timesteps
     if start == "input":
-        x = scheduler.add_noise(upsample(low_res, size), x, scheduler.timesteps[:1])
+        timesteps = timesteps[len(timesteps) - max(1, min(len(timesteps), int(len(timesteps) * strength))):]
+        x = scheduler.add_noise(upsample(low_res, size), x, timesteps[:1])
+    elif strength < 1:
+        raise ValueError("strength < 1 needs start='input'")
     cond, labels = sr_condition(low_res, size, noise_level, noising_scheduler, generator)
-    return _denoise(unet, scheduler, x, text, neg, guidance, generator, cond, labels, callback)
+    return _denoise(unet, scheduler, x, text, neg, guidance, generator, cond, labels, callback, timesteps)
 
 
 def to_pil(images: torch.Tensor) -> list:

@@ -108,6 +108,13 @@ def captured(stage_one):
             image=low_res, original_image=upsampled(low_res, 256), strength=1.0, prompt_embeds=text,
             negative_prompt_embeds=neg, num_inference_steps=2, noise_level=level, guidance_scale=4.0,
             generator=torch.Generator().manual_seed(seed), output_type="pt")),
+        "ours_half": _first_unet_call(unet, lambda: sample_sr(
+            unet, sched, job.noising_scheduler, low_res, text, neg, level, 4.0,
+            torch.Generator().manual_seed(seed), start="input", strength=0.5)),
+        "diffusers_img2img_half": _first_unet_call(unet, lambda: IFImg2ImgSuperResolutionPipeline(**pipe.components)(
+            image=low_res, original_image=upsampled(low_res, 256), strength=0.5, prompt_embeds=text,
+            negative_prompt_embeds=neg, num_inference_steps=2, noise_level=level, guidance_scale=4.0,
+            generator=torch.Generator().manual_seed(seed), output_type="pt")),
     }
 
 
@@ -122,6 +129,14 @@ def test_sr_start_from_the_input_equals_diffusers_img2img_sr_at_strength_one(cap
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours[:, 3:], pure[:, 3:], rtol=0, atol=1e-6)  # same conditioning as from noise
     assert not torch.allclose(ours[:, :3], pure[:, :3], atol=1e-3)  # but another start
+
+
+def test_sr_strength_starts_later_like_diffusers_img2img_sr(captured):
+    """render.sr_strength = 0.5 of 2 steps: one step, from the input noised to the second timestep, as diffusers."""
+    half, theirs, full = (captured[k] for k in ("ours_half", "diffusers_img2img_half", "ours_input"))
+    torch.testing.assert_close(half["sample"], theirs["sample"], rtol=0, atol=1e-5)
+    assert torch.equal(half["timestep"], theirs["timestep"]) and half["timestep"].max() < full["timestep"].min()
+    assert not torch.allclose(half["sample"][:, :3], full["sample"][:, :3], atol=1e-3)  # less noise on the input
 
 
 def test_training_conditioning_equals_rendering_and_diffusers(captured):

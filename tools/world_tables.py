@@ -14,6 +14,7 @@ with the given class and seed; the default seed 7 was never used for tuning):
   every non-plain context, the same prompts without [V] from the run (class prompts) and from the
   pretrained cascade, and reads them back.
 - ``noprior``: ``train-base --no-prior``, rendered through the pretrained SR (the paper's Table 3).
+- ``--sr-strengths``: both stages again with ``world score --sr-strength S`` (stage two's img2img strength).
 - On the first ``--detail`` subjects only: ``train-sr --noise-level L`` on copies of the prior run's
   stage one for each ``--noise-levels`` (the paper: low augmentation keeps fine detail), and
   ``train-base --identifier WORD`` for each ``--identifiers`` (a common word instead of the rare token).
@@ -105,10 +106,10 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     sr = ["train-sr", "--config", "world", *SMOKE_SR * args.smoke]
     scored: dict[str, dict] = {}
 
-    def score(variant: str, run: Path, sr: bool) -> None:
+    def score(variant: str, run: Path, sr: bool, extra: tuple[str, ...] = ()) -> None:
         images = args.sr_images if sr else args.num_images
         args_ = ["world", "score", "--run", str(run), "--subject", str(photos), "--out", str(renders / variant),
-                 "--num-images", str(images), "--json"] + ([] if sr else ["--no-sr"])
+                 "--num-images", str(images), "--json", *extra] + ([] if sr else ["--no-sr"])
         scored[variant] = {"score": json.loads(steps.run(f"{tag}.score.{variant}", args_)),
                            "renders": str(renders / variant)}
 
@@ -119,6 +120,8 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     score("noprior", runs / "noprior", sr=False)
     steps.run(f"{tag}.sr.prior", [*sr, "--run", str(runs / "prior")])
     score("both", runs / "prior", sr=True)
+    for strength in args.sr_strengths:  # stage two's img2img strength (render.sr_strength), beside the run's own
+        score(f"both-s{strength:g}", runs / "prior", sr=True, extra=("--sr-strength", f"{strength:g}"))
     if not detail:
         return scored
     score("stage1-sr", runs / "stage-one", sr=True)  # stage one personalized, the pretrained SR
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise-levels", type=lambda s: [int(x) for x in s.split(",")], default=[10, 250])
     # "dots": a common word of the world's captions that is one token (its meaning: a pattern)
     p.add_argument("--identifiers", type=lambda s: s.split(","), default=["dots"])
+    p.add_argument("--sr-strengths", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
+                   help="also score both stages at these render.sr_strength values")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt, 32 px read-back")
     p.add_argument("--sr-images", type=int, default=2, help="images per prompt, 128 px read-back")
     p.add_argument("--threads", type=int, default=1)

@@ -112,7 +112,9 @@ def table_one(table: dict) -> list[str]:
             ("stage one personalized", 32, "stage1", "instance"),
             ("pretrained cascade, class prompt (not personalized)", 128, "both", "pretrained"),
             ("stage one personalized, pretrained SR", 128, "stage1-sr", "instance"),
-            ("both stages personalized", 128, "both", "instance")):
+            ("both stages personalized", 128, "both", "instance"),
+            *[(f"both stages personalized, sr_strength {v[6:]}", 128, v, "instance")
+              for v in _strength_variants(table)]):
         m = lambda k: _avg(table, variant, lambda v: v["m"][kind][k])  # noqa: E731,B023
         s = lambda k: _avg(table, variant, lambda v: v["s"][kind][k])  # noqa: E731,B023
         pattern = _f(s("pattern"), True) if size == 128 else "(not visible)"
@@ -121,16 +123,21 @@ def table_one(table: dict) -> list[str]:
     return head + rows
 
 
+def _strength_variants(table: dict) -> list[str]:
+    return sorted({k for v in table.values() for k in v if k.startswith("both-s")})
+
+
 def per_subject(table: dict) -> list[str]:
     head = ["| subject | 32 px: colour / context | 128 px: colour (goal >= 80 %) | pattern (>= 60 %) | "
             "context (>= 80 %) | colour drift (<= 0.25) | 128 px DINO: [V] / class / pretrained |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    rows = []
-    for tag, v in table.items():
-        if "both" not in v:
+    rows, variants = [], ["both", *_strength_variants(table)]
+    for (tag, v), variant in ((item, variant) for item in table.items() for variant in variants):
+        if variant not in v:
             continue
-        s, sub, s1 = v["both"]["s"], v["both"]["s"]["subject"], v["stage1"]["s"]["instance"]
-        rows.append(_row(f"{tag} ({sub['colour']}, {sub['pattern']})", [
+        s, sub, s1 = v[variant]["s"], v[variant]["s"]["subject"], v["stage1"]["s"]["instance"]
+        label = "" if variant == "both" else f", sr_strength {variant[6:]}"
+        rows.append(_row(f"{tag} ({sub['colour']}, {sub['pattern']}){label}", [
             f"{_f(s1['colour'], True)} / {_f(s1['context'], True)}",
             _f(s["instance"]["colour"], True), _f(s["instance"]["pattern"], True), _f(s["instance"]["context"], True),
             f"{s['colour_drift']:+.2f}",
@@ -155,6 +162,8 @@ def detail_rows(table: dict, variants: list[tuple[str, str]]) -> list[str]:
             "|---|---|---:|---:|---:|---:|---:|"]
     rows = []
     for tag, v in table.items():
+        if not all(variant in v for _, variant in variants):
+            continue  # the detail experiments ran on some subjects only
         for label, variant in variants:
             if variant in v:
                 m, s = v[variant]["m"]["instance"], v[variant]["s"]["instance"]
@@ -192,7 +201,7 @@ def write_tables(out: Path, results: dict) -> None:
     noise = sorted({k for v in table.values() for k in v if k.startswith("sr-noise-")}, key=lambda k: int(k[9:]))
     if noise:
         sections.append(("Stage two: noise-augmentation level (128 px)", detail_rows(
-            table, [("pretrained SR", "stage1-sr"), ("fine-tuned SR, level 50 (preset)", "both")] +
+            table, [("pretrained SR", "stage1-sr"), ("fine-tuned SR, level 50 (the run's)", "both")] +
             [(f"fine-tuned SR, level {k[9:]}", k) for k in noise])))
     words = sorted({k for v in table.values() for k in v if k.startswith("identifier-")})
     if words:

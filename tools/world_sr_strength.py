@@ -1,0 +1,78 @@
+"""Stage two's img2img strength on the world (``render.sr_strength``): does the SR keep what stage one drew?
+
+    python tools/world_sr_strength.py --tables build/world-tables --subject clock-7 --strengths 0,1,0.5,0.3
+    python tools/world_sr_strength.py ... --sr-lora build/world-tables/runs/clock-7/prior/sr   # the fine-tuned SR
+
+Input: the 32 px "a [V] <class> <context>" renders of stage one that ``tools/world_tables.py`` made
+(``TABLES/renders/SUBJECT/stage1``; every other image, 12 at most). Each goes through the world SR with
+diffusers' ``IFImg2ImgSuperResolutionPipeline`` (25 steps, guidance 4, noise level 50, the prompt without
+[V]) at each strength (0: the bilinear upsample alone), and the outputs are read back like ``world score``:
+world DINO to the subject's photos, the subject's colour (at 32 px) and pattern (at 128 px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
+
+
+def main() -> None:
+    from diffusers import IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline
+
+    from cascade_booth.images import to_tensor
+    from cascade_booth.world.readback import Subject, dino_to_subject, read_images
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tables", type=Path, required=True)
+    p.add_argument("--subject", required=True, help="e.g. clock-7")
+    p.add_argument("--strengths", default="0,1,0.5,0.3")
+    p.add_argument("--sr-lora", type=Path)
+    p.add_argument("--out", type=Path, default=Path("build/world-sr-strength"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    photos = a.tables / "subjects" / a.subject
+    folder = a.tables / "renders" / a.subject / "stage1" / "personalized"
+    pngs = [q for q in sorted(folder.glob("p*.png"))
+            if json.loads(q.with_suffix(".json").read_text()).get("kind") == "instance"][::2][:12]
+    prompts = [json.loads(q.with_suffix(".json").read_text())["prompt"].replace("[V] ", "") for q in pngs]
+    low = torch.stack([to_tensor(Image.open(q).convert("RGB"), 32) for q in pngs])
+    sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
+    if a.sr_lora:
+        sr.load_lora_weights(str(a.sr_lora), weight_name="pytorch_lora_weights.safetensors")
+    sr.set_progress_bar_config(disable=True)
+    subject = Subject.load(photos)
+
+    def figures(files: list[Path]) -> str:
+        reads = read_images(files)
+        dino = dino_to_subject({"x": files}, photos)["x"]
+        colour = sum(r["colour"] == subject.colour for r in reads) / len(reads)
+        pattern = sum(r["pattern"] == subject.pattern for r in reads) / len(reads)
+        return f"world DINO {dino:+.3f}  colour {colour:.0%}  pattern {pattern:.0%}"
+
+    print(f"{a.subject} ({subject.colour}, {subject.pattern}), {len(pngs)} images; 32 px input: {figures(pngs)}")
+    for strength in (float(x) for x in a.strengths.split(",")):
+        out = a.out / f"{a.subject}{'-lora' if a.sr_lora else ''}-{strength:g}"
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, prompt in enumerate(prompts):
+            up = F.interpolate(low[i:i + 1], (128, 128), mode="bilinear", align_corners=True)
+            if strength == 0:
+                image = sr.numpy_to_pil(((up + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy())[0]
+            else:
+                image = sr(image=low[i:i + 1], original_image=up, strength=strength, prompt=prompt,
+                           num_inference_steps=25, guidance_scale=4.0, noise_level=50,
+                           generator=torch.Generator().manual_seed(i)).images[0]
+            files.append(out / f"{i:02d}.png")
+            image.save(files[-1])
+        print(f"  strength {strength:g}: {figures(files)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
