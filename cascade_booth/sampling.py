@@ -72,8 +72,9 @@ def sample_sr(unet, scheduler, noising_scheduler, low_res, text, neg, noise_leve
     them from x_t; pure noise has none, and a small SR model then locks in a wrong colour at the first
     step (the flaw of non-zero terminal SNR, Lin et al. 2023). Same as diffusers'
     ``IFImg2ImgSuperResolutionPipeline`` with the upsampled input as ``original_image`` and strength 1.
-    ``strength`` < 1 (start "input" only) runs the last ``round(strength * steps)`` steps from the input noised
-    to the first of them, as that pipeline does: the input's colours and shapes survive a weak SR model.
+    ``strength`` < 1 (start "input" only) runs the last ``int(strength * steps)`` steps (at least one) from the
+    input noised to the first of them, as that pipeline does: the input's colours and shapes survive a weak SR
+    model.
     """
     size = unet.config.sample_size
     shape = (low_res.shape[0], unet.config.in_channels // 2, size, size)

@@ -192,11 +192,11 @@ def quality(folder: Path, photos: Path) -> dict:
     """World read-back and embedding metrics of ``folder/personalized`` (and ``folder/pretrained``)."""
     from world_tables_report import render_metrics  # a sibling: the script's folder is first on sys.path
 
-    from cascade_booth.world.readback import Subject, dino_to_subject, rendered_pngs, score_renders
+    from cascade_booth.world.readback import Subject, dino_to_subject, rendered_pngs, renders_by_kind, score_renders
 
     pngs = rendered_pngs(sorted((folder / "personalized").glob("*.png")))
     figures = score_renders(pngs, Subject.load(photos))
-    kinds = {k: [p for p in pngs if json.loads(p.with_suffix(".json").read_text()).get("kind") == k] for k in figures}
+    kinds = {kind: [p for p, _ in rows] for kind, rows in renders_by_kind(pngs).items()}
     for kind, value in dino_to_subject(kinds, photos).items():
         figures[kind]["dino"] = value
     return {"readback": figures, "metrics": render_metrics(folder, photos)}

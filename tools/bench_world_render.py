@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
-CONTEXTS = ["beach", "jungle", "snow", "cobblestone", "wooden_floor", "city"]  # every non-plain world context
 
 
 def prompts(class_noun: str, first: bool) -> list[tuple[str, str]]:

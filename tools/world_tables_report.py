@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cascade_booth.evaluation import metrics as M
-from cascade_booth.world.readback import rendered_pngs
+from cascade_booth.world.readback import rendered_pngs, renders_by_kind
 
 MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
 
@@ -45,9 +45,7 @@ def render_metrics(folder: Path, photos: Path) -> dict[str, dict[str, float]]:
     PRES = the class renders' DINO. Plus "real": the photos among themselves (Table 1's first row)."""
     real = sorted(p for p in photos.iterdir() if p.suffix == ".png")
     real_dino, real_clip = _embed(real)
-    groups: dict[str, list[tuple[Path, dict]]] = {}
-    for p, meta in _renders(folder / "personalized"):
-        groups.setdefault(meta.get("kind", "instance"), []).append((p, meta))
+    groups = renders_by_kind(rendered_pngs(sorted((folder / "personalized").rglob("*.png"))))
     groups["pretrained"] = _renders(folder / "pretrained")
     out: dict[str, dict[str, float]] = {"real": M.real_images_row(real_dino, real_clip)}
     _, clip = _extractors()

@@ -105,8 +105,9 @@ def _rate(flags: list[bool]) -> float:
     return float(np.mean(flags)) if flags else float("nan")
 
 
-def _by_kind(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
-    """Renders with their JSON sidecars, grouped by the sidecar's ``kind`` ("instance" / "class"), in order."""
+def renders_by_kind(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
+    """Renders with their JSON sidecars, grouped by the sidecar's ``kind`` ("instance" / "class"; none: "instance"),
+    in order."""
     groups: dict[str, list[tuple[Path, dict]]] = {}
     for p in paths:
         meta = json.loads(p.with_suffix(".json").read_text(encoding="utf-8"))
@@ -130,7 +131,7 @@ def _figures(groups: dict[str, list[tuple[Path, dict]]], subject: Subject) -> di
 
 def score_renders(paths: list[Path], subject: Subject) -> dict[str, dict[str, float]]:
     """Per kind ("instance" / "class"): read-back rates from rendered PNGs and their JSON sidecars."""
-    return _figures(_by_kind(paths), subject)
+    return _figures(renders_by_kind(paths), subject)
 
 
 def rendered_pngs(paths: list[Path]) -> list[Path]:
@@ -164,7 +165,7 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
     base = rendered_pngs(render_run(RenderRequest(
         run=None, config=load_config("world"), prompts=class_prompts, out=out / "pretrained", num_images=num_images,
         seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength)))
-    groups = _by_kind(mine)
+    groups = renders_by_kind(mine)
     figures = _figures(groups, subject)
     figures["pretrained"] = score_renders(base, subject)["instance"]
     renders = {kind: [p for p, _ in rows] for kind, rows in groups.items()} | {"pretrained": base}
