@@ -94,7 +94,8 @@ def run_options(config_default: str) -> Callable:
 @click.option("--class-noun", required=True, help="The subject's class, e.g. 'clock'.")
 @run_options(_builtin_default())
 @config_options("base")
-@click.option("--identifier", help="Use this rare token as [V] instead of choosing one.")
+@click.option("--identifier", help="Use this as [V] instead of choosing a rare token (one word; a string of "
+              "several pieces is allowed, with a warning).")
 @click.option("--force", is_flag=True, help="Start stage one over in an existing run folder.")
 @friendly
 def train_base(subject: Path, class_noun: str, run_dir: Path, config: str | None, resume: bool, allow_drift: bool,

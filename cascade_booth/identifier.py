@@ -133,25 +133,46 @@ def check_identifier(
     return token
 
 
+def identifier_pieces(tokenizer, token: str) -> list[str]:
+    """The text encoder's pieces of ``token`` after IF's preprocessing: one for the paper's rare token."""
+    return tokenizer.convert_ids_to_tokens(_ids(tokenizer, token))
+
+
 def _identifier_problem(tokenizer, token: str, class_noun: str) -> str | None:
     if not token.strip():
         return "--identifier is empty"
+    if any(ch.isspace() for ch in token):
+        return f"--identifier '{token}' has white space: [V] is one word (a rare token, or a string of pieces)"
+    if token != preprocess_prompt(token):
+        return (f"--identifier '{token}' is not lower-case: IF's prompt preprocessing lower-cases it, so the "
+                f"text encoder would read '{preprocess_prompt(token)}'; pass that")
     if preprocess_prompt(token) in _prompt_words(class_noun):
         where = "the article 'a' of" if preprocess_prompt(token) in TEMPLATE_WORDS else "a word of the class noun in"
         return (f"--identifier '{token}' is {where} the instance prompt 'a [V] {class_noun}' (it would read "
                 f"'a {token} {class_noun}'), so it cannot name the subject")
-    if not is_single_token(tokenizer, token, class_noun):
-        pieces = tokenizer.convert_ids_to_tokens(_ids(tokenizer, token))
-        return f"identifier '{token}' is not a single lower-case token of the text encoder (it splits into {pieces})"
+    ids = _ids(tokenizer, token)
+    if tokenizer.unk_token_id in ids:
+        return (f"--identifier '{token}' has characters the text encoder cannot spell "
+                f"(it reads {identifier_pieces(tokenizer, token)})")
+    if _ids(tokenizer, f"a {token} {class_noun}") != _ids(tokenizer, "a") + ids + _ids(tokenizer, class_noun):
+        return (f"--identifier '{token}' merges with its neighbours in 'a {token} {class_noun}': the text encoder "
+                "reads it differently there")
     return None
 
 
-def identifier_warnings(token: str) -> list[str]:
-    """Warnings about a user-given identifier that is allowed but works against the paper's rule."""
+def identifier_warnings(token: str, tokenizer=None) -> list[str]:
+    """Warnings about a user-given identifier that is allowed but works against the paper's rule (section 4.2):
+    a common word, or a string the text encoder splits into several pieces (each with a prior of its own)."""
+    notes = []
     if preprocess_prompt(token) in COMMON_WORDS:
-        return [f"--identifier '{token}' is a common word: its strong prior in the text encoder works against "
-                "the rare-token identifier of the paper (section 4.2); a rare token personalizes better"]
-    return []
+        notes.append(f"--identifier '{token}' is a common word: its strong prior in the text encoder works against "
+                     "the rare-token identifier of the paper (section 4.2); a rare token personalizes better")
+    pieces = identifier_pieces(tokenizer, token) if tokenizer is not None else []
+    if len(pieces) > 1:
+        notes.append(f"--identifier '{token}' is {len(pieces)} pieces of the text encoder ({', '.join(pieces)}), not "
+                     "one rare token: the paper (section 4.2) finds such strings weaker identifiers; omit "
+                     "--identifier to pick a rare single token")
+    return notes
 
 
 def instance_prompt(identifier: str, class_noun: str) -> str:

@@ -20,6 +20,7 @@ from cascade_booth.errors import InputError
 from cascade_booth.identifier import (
     check_identifier,
     class_prompt,
+    identifier_pieces,
     identifier_warnings,
     instance_template,
     preprocess_prompt,
@@ -71,16 +72,17 @@ def check_training_text(tokenizer, class_noun: str, identifier: str | None,
                         rule: dict[str, int] | None = None) -> list[str]:
     """Check the class noun (and a given identifier) before a training starts; returns warnings.
 
-    The instance prompt "a [V] <class noun>" must fit the text encoder: [V] is one token, whether
-    given (checked here) or chosen later, so the class prompt plus one token is its length.
+    The instance prompt "a [V] <class noun>" must fit the text encoder: [V] is one token when chosen
+    later, its pieces when given (checked here), added to the class prompt's length.
     """
     what = f"--class-noun '{shorten(class_noun)}'"
-    warnings = []
+    warnings, pieces = [], 1
     if identifier is not None:
         check_identifier(tokenizer, identifier, class_noun, **(rule or {}))
-        warnings += identifier_warnings(identifier)
+        warnings += identifier_warnings(identifier, tokenizer)
+        pieces = len(identifier_pieces(tokenizer, identifier))
     class_text = preprocess_prompt(class_prompt(instance_template(class_noun)))
-    n = len(tokenizer(class_text, add_special_tokens=True).input_ids) + 1
+    n = len(tokenizer(class_text, add_special_tokens=True).input_ids) + pieces
     if n > MAX_LENGTH:
         raise InputError(f"{what} is too long: the instance prompt 'a [V] {shorten(class_noun, 30)}' is {n} tokens "
                          f"for the text encoder; the limit is {MAX_LENGTH} (IF's T5 context): use a short class noun")

@@ -47,9 +47,10 @@ def test_empty_class_noun(tmp_path: Path, clock_subject: Path):
     assert "class-noun" in _run(args)
 
 
-def test_identifier_that_is_not_one_token(tmp_path: Path, clock_subject: Path):
-    out = _run(_base(clock_subject, tmp_path / "run", "--identifier", "zqxjvwk"))
-    assert "zqxjvwk" in out and "single" in out
+@pytest.mark.parametrize("identifier, why", [("zq xj", "white space"), ("ZQX", "not lower-case")])
+def test_identifier_that_cannot_be_one_word(tmp_path: Path, clock_subject: Path, identifier: str, why: str):
+    out = _run(_base(clock_subject, tmp_path / "run", "--identifier", identifier))
+    assert identifier in out and why in out
     assert not (tmp_path / "run" / "run.json").exists()
 
 

@@ -7,8 +7,11 @@ from cascade_booth.identifier import (
     check_identifier,
     choose_identifier,
     fill_identifier,
+    identifier_pieces,
+    identifier_warnings,
     is_single_token,
 )
+from cascade_booth.text import MAX_LENGTH, check_training_text
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +47,28 @@ def test_max_chars_and_range_are_honoured(tokenizer):
 def test_user_identifier_is_checked(tokenizer):
     good = choose_identifier(tokenizer, "dog", 3)
     assert check_identifier(tokenizer, good, "dog") == good
-    for bad in ("zqxjvw", "two words", "SKS"):
-        with pytest.raises(InputError, match="not a single lower-case token"):
+    for bad, why in (("two words", "white space"), ("SKS", "not lower-case: .* would read 'sks'"),
+                     ("dog", "a word of the class noun"), ("a", "the article")):
+        with pytest.raises(InputError, match=why):
             check_identifier(tokenizer, bad, "dog")
     with pytest.raises(InputError, match="--identifier is empty"):
         check_identifier(tokenizer, "", "dog")
+
+
+def test_a_string_of_pieces_is_allowed_with_a_warning_and_counted_in_the_prompt_length(tokenizer):
+    """The paper's "random character string" identifier (section 4.2): accepted, warned about, its pieces counted."""
+    token = "zqxjvw"
+    pieces = identifier_pieces(tokenizer, token)
+    assert len(pieces) > 1
+    assert check_identifier(tokenizer, token, "dog") == token
+    assert any(f"{len(pieces)} pieces" in w for w in identifier_warnings(token, tokenizer))
+    single = choose_identifier(tokenizer, "dog", 3)
+    assert not any("pieces" in w for w in identifier_warnings(single, tokenizer))
+    # the instance prompt's length counts every piece: a class noun that fits beside one piece does not beside six
+    noun = " ".join(["dog"] * (MAX_LENGTH - 4))
+    assert check_training_text(tokenizer, noun, single) is not None
+    with pytest.raises(InputError, match="too long"):
+        check_training_text(tokenizer, noun, token)
 
 
 def test_fill_identifier():

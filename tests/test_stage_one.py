@@ -180,3 +180,14 @@ def test_photos_too_small_for_stage_two_are_warned_at_stage_one(clock_subject, t
                                      config=tiny_config()))
     ctx.run.unlock()
     assert any("00.jpg: 128 px is below stage two's 256 px" in w for w in ctx.warnings)
+
+
+def test_a_string_of_pieces_as_identifier_trains_with_a_warning_and_is_recorded(tmp_path: Path):
+    """The paper's "random character string" identifier (section 4.2): allowed, warned about, used as given."""
+    from conftest import CLOCK
+
+    result = _train(["--identifier", "zqxjvw"], CLOCK, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "pieces of the text encoder" in result.output
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["identifier"] == "zqxjvw" and meta["instance_prompt"] == "a zqxjvw clock"

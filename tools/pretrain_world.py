@@ -253,11 +253,17 @@ def training_summary(model: str, step: int) -> dict:
 
 
 def export(out: Path) -> None:
-    """Write the EMA weights of both stages as IF pipelines (fp16 UNets) under ``out``, with a summary."""
+    """Write the EMA weights of both stages as IF pipelines (fp16 UNets) under ``out``, with a summary; a stage
+    with no pretraining state on this machine keeps its shipped weights."""
     from diffusers import UNet2DConditionModel
 
     tok, enc = text_models(state_dir())
     for model, stage in (("base", 1), ("sr", 2)):
+        if not (state_dir() / model / "state.pt").exists():  # not trained on this machine: the shipped one stays
+            if out.resolve() != cascade.SHIPPED.resolve():
+                shutil.copytree(cascade.SHIPPED / model, out / model, dirs_exist_ok=True)
+            print(f"kept the shipped {model} (no state in {state_dir() / model})")
+            continue
         state = torch.load(state_dir() / model / "state.pt", weights_only=False)
         card = out / model / "pretrain.json"
         earlier = json.loads(card.read_text()) if state.get("start", 0) and card.exists() else None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cascade_booth.config import load_config
 from cascade_booth.world import evaluators as ev
 from cascade_booth.world.cascade import SHIPPED
 from cascade_booth.world.vocab import CLASSES, COLOURS, CONTEXTS, PATTERNS, caption
@@ -118,33 +119,36 @@ def cascade_prompts(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _render(prompts: list[str], out: Path, sr: bool, steps: int) -> torch.Tensor:
+def _render(prompts: list[str], out: Path, sr: bool, steps: int, guidance: float | None = None,
+            images: int = 1) -> torch.Tensor:
+    """Each prompt rendered ``images`` times (seeds 0, 1, ...: prompt k's image i has the noise of seed i)."""
     from PIL import Image
 
-    from cascade_booth.config import load_config
     from cascade_booth.runner import RenderRequest, render_run
 
-    req = RenderRequest(run=None, config=load_config("world"), prompts=prompts, out=out, num_images=1, seed=0,
-                        steps=steps, sr=sr, warn=lambda _m: None)
+    req = RenderRequest(run=None, config=load_config("world"), prompts=prompts, out=out, num_images=images, seed=0,
+                        steps=steps, guidance=guidance, sr=sr, warn=lambda _m: None)
     paths = [p for p in render_run(req) if p.name != "grid.png"]
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def cascade_figures(n: int, steps: int, out: Path) -> dict:
-    """Read back what the pretrained cascade draws for prompts that name every attribute (both stages)."""
+def cascade_figures(n: int, steps: int, out: Path, sr: bool = True, guidance: float | None = None) -> dict:
+    """Read back what the pretrained cascade draws for prompts that name every attribute (stage one at
+    32 px, then both stages at 128 px unless ``sr`` is False)."""
     model = ev.load_attributes(SHIPPED / "attributes")
     rows = cascade_prompts(n)
     prompts = [r["prompt"] for r in rows]
-    result: dict = {"prompts": n, "steps": steps}
-    for name, sr in (("stage_one_32px", False), ("cascade_128px", True)):
-        reads = model.read(_render(prompts, out / name, sr, steps))
-        keys = [k for k in ev.ATTRIBUTES if sr or k != "pattern"]
+    result: dict = {"prompts": n, "steps": steps, "guidance": guidance or load_config("world").render.guidance}
+    for name, both in (("stage_one_32px", False), ("cascade_128px", True))[:2 if sr else 1]:
+        reads = model.read(_render(prompts, out / name, both, steps, guidance))
+        keys = [k for k in ev.ATTRIBUTES if both or k != "pattern"]
         result[name] = {k: float(np.mean([r[k] == row[k] for r, row in zip(reads, rows, strict=True)])) for k in keys}
-    no_colour = [caption(r["class"], None, None, r["context"]) for r in rows[:48]]
-    colours = [r["colour"] for r in model.read(_render(no_colour, out / "no_colour", False, steps))]
-    result["colour_omitted"] = {"prompts": len(no_colour), "distinct_colours": len(set(colours)),
-                                "counts": {c: colours.count(c) for c in COLOURS}}
+    # 8 colour-free prompts x 6 seeds: the spread over seeds is the prior (one seed for all prompts is not)
+    no_colour = [caption(r["class"], None, None, r["context"]) for r in rows[:8]]
+    colours = [r["colour"] for r in model.read(_render(no_colour, out / "no_colour", False, steps, guidance, 6))]
+    result["colour_omitted"] = {"prompts": len(no_colour), "images": len(colours),
+                                "distinct_colours": len(set(colours)), "counts": {c: colours.count(c) for c in COLOURS}}
     return result
 
 
@@ -180,7 +184,6 @@ def sr_fidelity(n: int, steps: int) -> dict:
     from diffusers import UNet2DConditionModel
     from transformers import T5EncoderModel, T5Tokenizer
 
-    from cascade_booth.config import load_config
     from cascade_booth.images import to_tensor
     from cascade_booth.sampling import make_scheduler, sample_sr
     from cascade_booth.text import TextEmbeddings
@@ -221,11 +224,13 @@ def main() -> None:
     parser.add_argument("--evaluators", action="store_true")
     parser.add_argument("--cascade", action="store_true")
     parser.add_argument("--sr", action="store_true", help="Stage two alone on held-out ground-truth 32 px input.")
+    parser.add_argument("--no-sr", action="store_true", help="--cascade: stage one (32 px) only.")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, help="--cascade: stage one's guidance (default: the world preset's)")
     parser.add_argument("--work", type=Path, default=Path("build/world-acceptance"))
     parser.add_argument("--preview", type=Path, help="Write a ground truth / samples picture (PNG) here.")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="JSON file; the sections measured replace theirs in it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = {}
@@ -236,13 +241,14 @@ def main() -> None:
     if args.sr:
         result["sr_on_ground_truth"] = sr_fidelity(24, args.steps)
     if args.cascade:
-        result["cascade"] = cascade_figures(args.prompts, args.steps, args.work)
+        result["cascade"] = cascade_figures(args.prompts, args.steps, args.work, sr=not args.no_sr,
+                                            guidance=args.guidance)
     if args.preview:
         preview(args.preview, args.steps, args.work)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print(json.dumps(result, indent=1))
+    if args.out:  # merged into what is there: each section is measured on its own
+        earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
+        args.out.write_text(json.dumps(earlier | result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ with the given class and seed; the default seed 7 was never used for tuning):
 - ``--sr-strengths``: both stages again with ``world score --sr-strength S`` (stage two's img2img strength).
 - On the first ``--detail`` subjects only: ``train-sr --noise-level L`` on copies of the prior run's
   stage one for each ``--noise-levels`` (the paper: low augmentation keeps fine detail), and
-  ``train-base --identifier WORD`` for each ``--identifiers`` (a common word instead of the rare token).
+  ``train-base --identifier WORD`` for each ``--identifiers`` (a common word or a random string instead of the
+  rare token); for a colour word, what the word still means after training (``meaning_probe``).
 
 Metrics on every render set, with the world evaluators (``cascade_booth/world/models``): DINO and
 CLIP-I (mean pairwise cosine similarity to the subject's 256 px photos), CLIP-T (prompt without [V]
@@ -40,6 +41,8 @@ from pathlib import Path
 
 import torch
 from world_tables_report import write_tables  # a sibling: the script's folder is first on sys.path
+
+from cascade_booth.world.vocab import CLASSES, COLOURS, CONTEXTS, caption
 
 DEFAULT_SUBJECTS = "clock:7,vase:7,teapot:7,backpack:7,candle:7,bowl:7"
 SMOKE_BASE = ["--steps", "4", "--class-images", "4", "--checkpoint-every", "0"]  # --smoke: every path, no meaning
@@ -93,6 +96,31 @@ def copy_stage_one(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
+def meaning_probe(steps: Steps, tag: str, run: Path, word: str, cls: str, images: int) -> dict:
+    """What a colour word used as [V] still means after training (the paper's language drift of a common
+    word, section 4.2): "a WORD <other class> <context>" through the run ([V] = WORD) and through the
+    pretrained cascade, at 32 px; the rates at which the word's colour and the subject's colour are read back."""
+    from cascade_booth.world.readback import Subject, read_images, rendered_pngs
+
+    folder = steps.out / "renders" / tag / f"meaning-{word}"
+    prompts = [caption(f"[V] {other}", None, None, ctx) for other in CLASSES if other != cls
+               for ctx in CONTEXTS if ctx != "plain"]
+    common = ["--no-sr", "--num-images", str(images)]
+    for name, source, texts in (("personalized", ["--run", str(run)], prompts),
+                                ("pretrained", ["--config", "world"], [p.replace("[V]", word) for p in prompts])):
+        step = f"{tag}.meaning-{word}.{name}"
+        if not steps.done(step):
+            shutil.rmtree(folder / name, ignore_errors=True)  # an interrupted render: start it again
+        steps.run(step, ["render", *source, *common, "--out", str(folder / name), *texts])
+    subject = Subject.load(steps.out / "subjects" / tag)
+    out = {"word": word, "subject_colour": subject.colour, "prompts": len(prompts), "images": images}
+    for name in ("personalized", "pretrained"):
+        colours = [r["colour"] for r in read_images(rendered_pngs(sorted((folder / name).rglob("*.png"))))]
+        out[name] = {"word_colour": colours.count(word) / len(colours),
+                     "subject_colour": colours.count(subject.colour) / len(colours)}
+    return out
+
+
 def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: argparse.Namespace) -> dict:
     """Train and score the variants of one subject; returns {variant: {"score": ..., "renders": folder}}.
 
@@ -105,6 +133,7 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     base = ["train-base", "--config", "world", "--subject", str(photos), "--class-noun", cls, *SMOKE_BASE * args.smoke]
     sr = ["train-sr", "--config", "world", *SMOKE_SR * args.smoke]
     scored: dict[str, dict] = {}
+    meanings = scored.setdefault("meaning", {}) if detail else {}
 
     def score(variant: str, run: Path, sr: bool, extra: tuple[str, ...] = ()) -> None:
         images = args.sr_images if sr else args.num_images
@@ -129,6 +158,8 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
         run = runs / f"identifier-{word}"
         steps.run(f"{tag}.base.identifier-{word}", [*base, "--run", str(run), "--identifier", word])
         score(f"identifier-{word}", run, sr=False)
+        if word in COLOURS:
+            meanings[word] = meaning_probe(steps, tag, run, word, cls, args.num_images // 2 or 1)
     for level in args.noise_levels:
         run = runs / f"sr-noise-{level}"
         copy_stage_one(runs / "stage-one", run)
@@ -143,8 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subjects", default=DEFAULT_SUBJECTS, help="CLASS:SEED,... (world subject)")
     p.add_argument("--detail", type=int, default=1, help="SR-noise and identifier experiments on the first N subjects")
     p.add_argument("--noise-levels", type=lambda s: [int(x) for x in s.split(",")], default=[10, 250])
-    # "dots": a common word of the world's captions that is one token (its meaning: a pattern)
-    p.add_argument("--identifiers", type=lambda s: s.split(","), default=["dots"])
+    # "dots": a caption word that is one token (a pattern); "red": a colour word (two pieces here), whose own
+    # meaning is probed after training; "xqzvk": a random string (three pieces), the paper's other weak choice
+    p.add_argument("--identifiers", type=lambda s: s.split(","), default=["dots", "red", "xqzvk"])
     p.add_argument("--sr-strengths", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
                    help="also score both stages at these render.sr_strength values")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt, 32 px read-back")

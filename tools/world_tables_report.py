@@ -81,6 +81,8 @@ def _collect(out: Path, results: dict) -> dict[str, dict[str, dict]]:
     for tag, variants in results["subjects"].items():
         photos = out / "subjects" / tag
         for variant, item in variants.items():
+            if variant == "meaning":  # the identifier word's own meaning: its own table (meaning_rows)
+                continue
             cache = out / "metrics" / tag / f"{variant}.json"
             if not cache.exists():
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +172,36 @@ def detail_rows(table: dict, variants: list[tuple[str, str]]) -> list[str]:
     return head + rows
 
 
+def meaning_rows(results: dict) -> list[str]:
+    """A colour word as [V]: "a WORD <other class> <context>" read back, before and after training."""
+    head = ["| subject | [V] | images | pretrained: the word's colour | personalized: the word's colour | "
+            "pretrained: the subject's colour | personalized: the subject's colour |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = []
+    for tag, variants in results["subjects"].items():
+        for word, m in variants.get("meaning", {}).items():
+            n = m["prompts"] * m["images"]
+            rows.append(_row(tag, [f"'{word}' (subject: {m['subject_colour']})", str(n),
+                                   _f(m["pretrained"]["word_colour"], True), _f(m["personalized"]["word_colour"], True),
+                                   _f(m["pretrained"]["subject_colour"], True),
+                                   _f(m["personalized"]["subject_colour"], True)]))
+    return head + rows if rows else []
+
+
+def meaning_picture(out: Path, results: dict) -> None:
+    """OUT/meaning-<subject>-<word>.png: the pretrained cascade's "a WORD <class> <context>" (top) beside the
+    run's with [V] = WORD (bottom), one image per prompt, 64 px tiles."""
+    for tag, variants in results["subjects"].items():
+        for word, m in variants.get("meaning", {}).items():
+            folder = out / "renders" / tag / f"meaning-{word}"
+            rows = [[p for p, _ in _renders(folder / name)][::m["images"]] for name in ("pretrained", "personalized")]
+            grid = Image.new("RGB", (64 * len(rows[0]), 128), "white")
+            for y, row in enumerate(rows):
+                for x, path in enumerate(row):
+                    grid.paste(Image.open(path).convert("RGB").resize((64, 64), Image.NEAREST), (64 * x, 64 * y))
+            grid.save(out / f"meaning-{tag}-{word}.png")
+
+
 def _grid_html(out: Path, table: dict) -> str:
     parts = []
     for tag, variants in table.items():
@@ -203,8 +235,13 @@ def write_tables(out: Path, results: dict) -> None:
             [(f"fine-tuned SR, level {k[9:]}", k) for k in noise])))
     words = sorted({k for v in table.values() for k in v if k.startswith("identifier-")})
     if words:
-        sections.append(("Identifier: the rare token vs a common word (stage one, 32 px)", detail_rows(
-            table, [("rare token (preset)", "stage1")] + [(f"'{k[11:]}'", k) for k in words])))
+        sections.append(("Identifier: the rare token vs a common word or a random string (stage one, 32 px)",
+                         detail_rows(table, [("rare token (preset)", "stage1")] + [(f"'{k[11:]}'", k) for k in words])))
+    meaning = meaning_rows(results)
+    meaning_picture(out, results)
+    if meaning:
+        sections.append(("A colour word as [V]: what the word still means (\"a [V] <other class> <context>\", 32 px)",
+                         meaning))
     md = [f"Made by `python tools/{results['command']}`.", ""]
     for title, rows in sections:
         md += [f"## {title}", "", *rows, ""]

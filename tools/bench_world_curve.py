@@ -1,0 +1,93 @@
+"""Time to quality (issue 14): cascade-booth's stage one read back every ``--every`` steps, beside diffusers.
+
+    python tools/bench_world_curve.py --bench build/bench-world --out build/bench-world-curve
+
+Uses the subject photos of a finished ``tools/bench_world.py`` run (``BENCH/subject``). Trains stage one
+with the world preset in segments (``train-base --steps K``, then ``--resume --steps K + every``: the
+schedule is constant after warm-up, so the segments train exactly what one straight run does) and after
+each segment reads the run back at 32 px (``world score --no-sr --num-images 4``, as the bench does).
+Class images are made in ``OUT/cache``, as the bench makes them. The wall time of a point is the sum of
+its segments' wall times (each segment also starts the process and loads the model again: an upper
+bound on one run's time to that step). Writes ``OUT/curve.md`` with the bench's diffusers rows (their
+script keeps no intermediate weights here: their final stage one only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def cascade_booth(args: list[str], threads: int, out: Path, log: str) -> tuple[str, float]:
+    """Run ``cascade-booth ARGS`` with its own cache under OUT (class images are made here, as in the bench)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               CASCADE_BOOTH_CACHE=str(out / "cache"))
+    t0 = time.perf_counter()
+    with open(out / log, "a") as err:
+        proc = subprocess.run([sys.executable, "-m", "cascade_booth.cli", *args], env=env, stdout=subprocess.PIPE,
+                              stderr=err, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"cascade-booth {' '.join(args[:2])} failed (exit {proc.returncode}); see {out / log}")
+    return proc.stdout, time.perf_counter() - t0
+
+
+def curve(a: argparse.Namespace) -> list[dict]:
+    subject = a.bench / "subject"
+    cls = json.loads((subject / "subject.json").read_text())["class"]
+    run, points, wall = a.out / "run", [], 0.0
+    a.out.mkdir(parents=True, exist_ok=True)
+    for steps in range(a.every, a.steps + 1, a.every):
+        resume = ["--resume"] if (run / "run.json").exists() else []
+        _, seconds = cascade_booth(["train-base", "--config", "world", "--subject", str(subject), "--class-noun", cls,
+                                    "--run", str(run), "--steps", str(steps), *resume], a.threads, a.out, "train.log")
+        wall += seconds
+        score, _ = cascade_booth(["world", "score", "--run", str(run), "--subject", str(subject), "--out",
+                                  str(a.out / f"score-{steps}"), "--num-images", "4", "--no-sr", "--json"],
+                                 a.threads, a.out, "score.log")
+        figures = json.loads(score)
+        points.append({"steps": steps, "wall_s": round(wall, 1), "instance": figures["instance"],
+                       "class": figures["class"], "pretrained": figures["pretrained"]})
+        print(f"step {steps}: {wall:.0f} s, DINO {figures['instance']['dino']:+.3f}", flush=True)
+    return points
+
+
+def write(a: argparse.Namespace, points: list[dict]) -> None:
+    bench = json.loads((a.bench / "results.json").read_text())["tools"]
+    lines = [f"Made by `python tools/bench_world_curve.py {' '.join(sys.argv[1:])}` ({a.threads} thread(s)); "
+             "stage one, read back at 32 px, 4 images x 6 contexts.", "",
+             "| tool | steps | stage one wall s (cumulative) | [V]: world DINO | [V]: subject's colour | context |"
+             " class prompts: DINO |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        i = p["instance"]
+        lines.append(f"| cascade-booth | {p['steps']} | {p['wall_s']:.0f} | {i['dino']:.3f} | {i['colour']:.0%} | "
+                     f"{i['context']:.0%} | {p['class']['dino']:.3f} |")
+    for tool, row in bench.items():
+        q = row.get("quality32", {}).get("readback", {})
+        if "instance" in q:
+            wall = row.get("time", {}).get("stage one", {}).get("wall_s", float("nan"))
+            steps = "–" if tool.endswith("pretrained") else "final"
+            lines.append(f"| {tool} (bench) | {steps} | {wall:.0f} | {q['instance']['dino']:.3f} | "
+                         f"{q['instance']['colour']:.0%} | {q['instance']['context']:.0%} | {q['class']['dino']:.3f} |")
+    (a.out / "curve.md").write_text("\n".join(lines) + "\n")
+    (a.out / "curve.json").write_text(json.dumps(points, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bench", type=Path, required=True, help="a finished tools/bench_world.py --out folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--every", type=int, default=100)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    write(a, curve(a))
+
+
+if __name__ == "__main__":
+    main()
