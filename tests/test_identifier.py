@@ -48,7 +48,7 @@ def test_user_identifier_is_checked(tokenizer):
     good = choose_identifier(tokenizer, "dog", 3)
     assert check_identifier(tokenizer, good, "dog") == good
     for bad, why in (("two words", "white space"), ("SKS", "not lower-case: .* would read 'sks'"),
-                     ("dog", "a word of the class noun"), ("a", "the article")):
+                     ("dog", "a word of the class noun"), ("a", "the article"), ("zq\u2603", "cannot spell")):
         with pytest.raises(InputError, match=why):
             check_identifier(tokenizer, bad, "dog")
     with pytest.raises(InputError, match="--identifier is empty"):

@@ -9,7 +9,8 @@ each segment reads the run back at 32 px (``world score --no-sr --num-images 4``
 Class images are made in ``OUT/cache``, as the bench makes them. The wall time of a point is the sum of
 its segments' wall times (each segment also starts the process and loads the model again: an upper
 bound on one run's time to that step). Writes ``OUT/curve.md`` with the bench's diffusers rows (their
-script keeps no intermediate weights here: their final stage one only).
+script keeps no intermediate weights here: their final stage one only) and ``OUT/curve.png``, the
+fixed-noise grid: each point's [V] renders with the same seeds, one row per point.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,23 +39,49 @@ def cascade_booth(args: list[str], threads: int, out: Path, log: str) -> tuple[s
 
 
 def curve(a: argparse.Namespace) -> list[dict]:
+    """Train to each point and read it back; a point already in OUT/points is kept (rerun to resume)."""
     subject = a.bench / "subject"
     cls = json.loads((subject / "subject.json").read_text())["class"]
     run, points, wall = a.out / "run", [], 0.0
-    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "points").mkdir(parents=True, exist_ok=True)
     for steps in range(a.every, a.steps + 1, a.every):
+        done = a.out / "points" / f"{steps}.json"
+        if done.exists():
+            points.append(json.loads(done.read_text()))
+            wall = points[-1]["wall_s"]
+            continue
         resume = ["--resume"] if (run / "run.json").exists() else []
         _, seconds = cascade_booth(["train-base", "--config", "world", "--subject", str(subject), "--class-noun", cls,
                                     "--run", str(run), "--steps", str(steps), *resume], a.threads, a.out, "train.log")
         wall += seconds
+        score_dir = a.out / f"score-{steps}"
+        shutil.rmtree(score_dir, ignore_errors=True)  # an interrupted read-back starts again
         score, _ = cascade_booth(["world", "score", "--run", str(run), "--subject", str(subject), "--out",
-                                  str(a.out / f"score-{steps}"), "--num-images", "4", "--no-sr", "--json"],
-                                 a.threads, a.out, "score.log")
+                                  str(score_dir), "--num-images", "4", "--no-sr", "--json"], a.threads, a.out,
+                                 "score.log")
         figures = json.loads(score)
         points.append({"steps": steps, "wall_s": round(wall, 1), "instance": figures["instance"],
                        "class": figures["class"], "pretrained": figures["pretrained"]})
+        done.write_text(json.dumps(points[-1]))
         print(f"step {steps}: {wall:.0f} s, DINO {figures['instance']['dino']:+.3f}", flush=True)
     return points
+
+
+def fixed_noise_grid(a: argparse.Namespace, points: list[dict]) -> None:
+    """OUT/curve.png, the fixed-noise grid over training steps: the subject's photos, the untrained cascade's
+    class prompts, then one row per point: the first image of every [V] prompt (the same noise in every row)."""
+    from PIL import Image
+
+    photos = sorted((a.bench / "subject").glob("*.png"))
+    rows = [photos, sorted((a.out / f"score-{points[0]['steps']}" / "pretrained").glob("*-00.png"))]  # untrained
+    for p in points:
+        renders = sorted((a.out / f"score-{p['steps']}" / "personalized").glob("*-00.png"))
+        rows.append([r for r in renders if json.loads(r.with_suffix(".json").read_text()).get("kind") != "class"])
+    grid = Image.new("RGB", (64 * max(map(len, rows)), 64 * len(rows)), "white")
+    for y, row in enumerate(rows):
+        for x, path in enumerate(row):
+            grid.paste(Image.open(path).convert("RGB").resize((64, 64), Image.NEAREST), (64 * x, 64 * y))
+    grid.save(a.out / "curve.png")
 
 
 def write(a: argparse.Namespace, points: list[dict]) -> None:
@@ -86,7 +114,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
-    write(a, curve(a))
+    points = curve(a)
+    fixed_noise_grid(a, points)
+    write(a, points)
 
 
 if __name__ == "__main__":
