@@ -43,6 +43,7 @@ def curve(a: argparse.Namespace) -> list[dict]:
     subject = a.bench / "subject"
     cls = json.loads((subject / "subject.json").read_text())["class"]
     run, points, wall = a.out / "run", [], 0.0
+    lr = ["--lr", f"{a.lr:g}"] if a.lr else []  # default: the world preset's
     (a.out / "points").mkdir(parents=True, exist_ok=True)
     for steps in range(a.every, a.steps + 1, a.every):
         done = a.out / "points" / f"{steps}.json"
@@ -51,8 +52,9 @@ def curve(a: argparse.Namespace) -> list[dict]:
             wall = points[-1]["wall_s"]
             continue
         resume = ["--resume"] if (run / "run.json").exists() else []
-        _, seconds = cascade_booth(["train-base", "--config", "world", "--subject", str(subject), "--class-noun", cls,
-                                    "--run", str(run), "--steps", str(steps), *resume], a.threads, a.out, "train.log")
+        train = ["train-base", "--config", "world", "--subject", str(subject), "--class-noun", cls, "--run", str(run),
+                 "--steps", str(steps), *resume, *lr]
+        _, seconds = cascade_booth(train, a.threads, a.out, "train.log")
         wall += seconds
         score_dir = a.out / f"score-{steps}"
         shutil.rmtree(score_dir, ignore_errors=True)  # an interrupted read-back starts again
@@ -87,7 +89,7 @@ def fixed_noise_grid(a: argparse.Namespace, points: list[dict]) -> None:
 def write(a: argparse.Namespace, points: list[dict]) -> None:
     bench = json.loads((a.bench / "results.json").read_text())["tools"]
     lines = [f"Made by `python tools/bench_world_curve.py {' '.join(sys.argv[1:])}` ({a.threads} thread(s)); "
-             "stage one, read back at 32 px, 4 images x 6 contexts.", "",
+             f"stage one at lr {a.lr or 'of the world preset'}, read back at 32 px, 4 images x 6 contexts.", "",
              "| tool | steps | stage one wall s (cumulative) | [V]: world DINO | [V]: subject's colour | context |"
              " class prompts: DINO |", "|---|---:|---:|---:|---:|---:|---:|"]
     for p in points:
@@ -112,6 +114,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--lr", type=float, help="stage one's learning rate (default: the world preset's)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     points = curve(a)
