@@ -42,9 +42,12 @@ def is_single_token(tokenizer, token: str, class_noun: str) -> bool:
     if not token or any(ch.isspace() for ch in token) or token != preprocess_prompt(token):
         return False
     alone = _ids(tokenizer, token)
-    if len(alone) != 1:
-        return False
-    return _ids(tokenizer, f"a {token} {class_noun}") == _ids(tokenizer, "a") + alone + _ids(tokenizer, class_noun)
+    return len(alone) == 1 and _stays_apart(tokenizer, token, alone, class_noun)
+
+
+def _stays_apart(tokenizer, token: str, ids: list[int], class_noun: str) -> bool:
+    """True when ``token`` (tokenized alone as ``ids``) reads the same inside ``a <token> <class_noun>``."""
+    return _ids(tokenizer, f"a {token} {class_noun}") == _ids(tokenizer, "a") + ids + _ids(tokenizer, class_noun)
 
 
 def vocabulary(tokenizer) -> list[str | None]:
@@ -153,8 +156,8 @@ def _identifier_problem(tokenizer, token: str, class_noun: str) -> str | None:
     ids = _ids(tokenizer, token)
     if tokenizer.unk_token_id in ids:
         return (f"--identifier '{token}' has characters the text encoder cannot spell "
-                f"(it reads {identifier_pieces(tokenizer, token)})")
-    if _ids(tokenizer, f"a {token} {class_noun}") != _ids(tokenizer, "a") + ids + _ids(tokenizer, class_noun):
+                f"(it reads {tokenizer.convert_ids_to_tokens(ids)})")
+    if not _stays_apart(tokenizer, token, ids, class_noun):
         return (f"--identifier '{token}' merges with its neighbours in 'a {token} {class_noun}': the text encoder "
                 "reads it differently there")
     return None

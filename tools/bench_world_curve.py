@@ -74,16 +74,15 @@ def fixed_noise_grid(a: argparse.Namespace, points: list[dict]) -> None:
     class prompts, then one row per point: the first image of every [V] prompt (the same noise in every row)."""
     from PIL import Image
 
+    from cascade_booth.pngmeta import grid
+
     photos = sorted((a.bench / "subject").glob("*.png"))
     rows = [photos, sorted((a.out / f"score-{points[0]['steps']}" / "pretrained").glob("*-00.png"))]  # untrained
     for p in points:
         renders = sorted((a.out / f"score-{p['steps']}" / "personalized").glob("*-00.png"))
         rows.append([r for r in renders if json.loads(r.with_suffix(".json").read_text()).get("kind") != "class"])
-    grid = Image.new("RGB", (64 * max(map(len, rows)), 64 * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, path in enumerate(row):
-            grid.paste(Image.open(path).convert("RGB").resize((64, 64), Image.NEAREST), (64 * x, 64 * y))
-    grid.save(a.out / "curve.png")
+    tiles = [[Image.open(path).convert("RGB").resize((64, 64), Image.NEAREST) for path in row] for row in rows]
+    grid(tiles, pad=0).save(a.out / "curve.png")
 
 
 def write(a: argparse.Namespace, points: list[dict]) -> None:

@@ -156,6 +156,7 @@ def preview(path: Path, steps: int, work: Path) -> None:
     """Ground truth (top) beside the pretrained cascade's samples of the same prompts (bottom), 128 px."""
     from PIL import Image
 
+    from cascade_booth.pngmeta import grid
     from cascade_booth.world.design import design
     from cascade_booth.world.render import Scene, draw_scene
 
@@ -167,10 +168,7 @@ def preview(path: Path, steps: int, work: Path) -> None:
         tiles.append(draw_scene(Scene(design=d_id, context=row["context"]), 128))
     samples = _render([r["prompt"] for r in rows], work / "preview", True, steps)
     tiles += [Image.fromarray(((s.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for s in samples]
-    grid = Image.new("RGB", (128 * 8, 256), "white")
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, ((i % 8) * 128, (i // 8) * 128))
-    grid.save(path)
+    grid([tiles[:8], tiles[8:]], pad=0).save(path)
     path.with_suffix(".txt").write_text("\n".join(r["prompt"] for r in rows) + "\n")
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cascade_booth.pngmeta import grid
+
 TILE = 64
 
 
@@ -52,11 +54,8 @@ def main() -> None:
     print("\n".join(text))
     photos = sorted((a.bench / "subject").glob("*.png"))
     rows = [photos] + [[first_render(folder, s, k) for s in steps] for folder in curves for k in a.prompts]
-    grid = Image.new("RGB", (TILE * max(map(len, rows)), TILE * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, path in enumerate(row):
-            grid.paste(Image.open(path).convert("RGB").resize((TILE, TILE), Image.NEAREST), (TILE * x, TILE * y))
-    grid.save(a.out / "lr-steps.png")
+    tiles = [[Image.open(path).convert("RGB").resize((TILE, TILE), Image.NEAREST) for path in row] for row in rows]
+    grid(tiles, pad=0).save(a.out / "lr-steps.png")
 
 
 if __name__ == "__main__":

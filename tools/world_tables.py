@@ -121,8 +121,10 @@ def meaning_probe(steps: Steps, tag: str, run: Path, word: str, cls: str, images
     return out
 
 
-def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: argparse.Namespace) -> dict:
-    """Train and score the variants of one subject; returns {variant: {"score": ..., "renders": folder}}.
+def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: argparse.Namespace,
+                        meanings: dict[str, dict]) -> dict:
+    """Train and score the variants of one subject; returns {variant: {"score": ..., "renders": folder}}
+    (and with ``detail``, fills ``meanings``: {colour word: ``meaning_probe``'s figures}).
 
     Without ``detail``: the preset with and without prior preservation (read back at 32 px, ``--num-images``)
     and both stages (128 px, ``--sr-images``: stage two's renders cost about 10 s each on one CPU thread).
@@ -133,7 +135,6 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     base = ["train-base", "--config", "world", "--subject", str(photos), "--class-noun", cls, *SMOKE_BASE * args.smoke]
     sr = ["train-sr", "--config", "world", *SMOKE_SR * args.smoke]
     scored: dict[str, dict] = {}
-    meanings = scored.setdefault("meaning", {}) if detail else {}
 
     def score(variant: str, run: Path, sr: bool, extra: tuple[str, ...] = ()) -> None:
         images = args.sr_images if sr else args.num_images
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {"threads": args.threads, "command": command, "subjects": {}}
     plan = [(cls, seed, False) for cls, seed in subjects] + [(cls, seed, True) for cls, seed in subjects[:args.detail]]
     for cls, seed, detail in plan:  # every subject's core first, then the detail experiments
-        results["subjects"][f"{cls}-{seed}"] = subject_experiments(steps, cls, seed, detail, args)
+        meanings = results.setdefault("meaning", {}).setdefault(f"{cls}-{seed}", {})
+        results["subjects"][f"{cls}-{seed}"] = subject_experiments(steps, cls, seed, detail, args, meanings)
         results["seconds"] = {name.name.removesuffix(".seconds"): steps.seconds(name.name.removesuffix(".seconds"))
                               for name in sorted((steps.out / "done").glob("*.seconds"))}
         write_tables(steps.out, results)  # after every subject: partial tables are worth having

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from cascade_booth.evaluation import metrics as M
+from cascade_booth.pngmeta import grid
 from cascade_booth.world.readback import rendered_pngs, renders_by_kind
 
 MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
@@ -81,8 +82,6 @@ def _collect(out: Path, results: dict) -> dict[str, dict[str, dict]]:
     for tag, variants in results["subjects"].items():
         photos = out / "subjects" / tag
         for variant, item in variants.items():
-            if variant == "meaning":  # the identifier word's own meaning: its own table (meaning_rows)
-                continue
             cache = out / "metrics" / tag / f"{variant}.json"
             if not cache.exists():
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +177,8 @@ def meaning_rows(results: dict) -> list[str]:
             "pretrained: the subject's colour | personalized: the subject's colour |",
             "|---|---|---:|---:|---:|---:|---:|"]
     rows = []
-    for tag, variants in results["subjects"].items():
-        for word, m in variants.get("meaning", {}).items():
+    for tag, words in results.get("meaning", {}).items():
+        for word, m in words.items():
             n = m["prompts"] * m["images"]
             rows.append(_row(tag, [f"'{word}' (subject: {m['subject_colour']})", str(n),
                                    _f(m["pretrained"]["word_colour"], True), _f(m["personalized"]["word_colour"], True),
@@ -191,15 +190,12 @@ def meaning_rows(results: dict) -> list[str]:
 def meaning_picture(out: Path, results: dict) -> None:
     """OUT/meaning-<subject>-<word>.png: the pretrained cascade's "a WORD <class> <context>" (top) beside the
     run's with [V] = WORD (bottom), one image per prompt, 64 px tiles."""
-    for tag, variants in results["subjects"].items():
-        for word, m in variants.get("meaning", {}).items():
+    for tag, words in results.get("meaning", {}).items():
+        for word, m in words.items():
             folder = out / "renders" / tag / f"meaning-{word}"
-            rows = [[p for p, _ in _renders(folder / name)][::m["images"]] for name in ("pretrained", "personalized")]
-            grid = Image.new("RGB", (64 * len(rows[0]), 128), "white")
-            for y, row in enumerate(rows):
-                for x, path in enumerate(row):
-                    grid.paste(Image.open(path).convert("RGB").resize((64, 64), Image.NEAREST), (64 * x, 64 * y))
-            grid.save(out / f"meaning-{tag}-{word}.png")
+            rows = [[Image.open(p).convert("RGB").resize((64, 64), Image.NEAREST)
+                     for p, _ in _renders(folder / name)][::m["images"]] for name in ("pretrained", "personalized")]
+            grid(rows, pad=0).save(out / f"meaning-{tag}-{word}.png")
 
 
 def _grid_html(out: Path, table: dict) -> str:
