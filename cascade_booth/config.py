@@ -76,6 +76,9 @@ class StageConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     max_grad_norm: float = 1.0
+    # Per-sample loss weight min(1 / alpha_bar_t, cap): the error of the implied x0 where the image is mostly noise
+    # (Salimans & Ho 2022's truncated-SNR weighting, capped); 1 keeps IF's plain epsilon loss. diffusion.loss_weights.
+    x0_weight_cap: float = 1.0
     warmup_steps: int = 0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2

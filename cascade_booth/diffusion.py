@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from cascade_booth.losses import diffusion_loss
+from cascade_booth.losses import diffusion_loss, x0_weights
 
 
 def upsample(low_res: torch.Tensor, size: int) -> torch.Tensor:
@@ -44,8 +44,10 @@ def training_losses(
     variance: str,
     cond: torch.Tensor | None = None,
     class_labels: torch.Tensor | None = None,
+    x0_weight_cap: float = 1.0,
 ) -> torch.Tensor:
-    """One denoising-loss evaluation per sample: draw t and noise, noise ``x0``, run the UNet."""
+    """One denoising-loss evaluation per sample: draw t and noise, noise ``x0``, run the UNet; each sample's loss
+    weighted by ``losses.x0_weights`` (all 1 at the default cap)."""
     b = x0.shape[0]
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
@@ -53,4 +55,5 @@ def training_losses(
     out = unet(
         unet_input(x_t, cond), t, encoder_hidden_states=text_embeds, class_labels=class_labels, return_dict=False
     )[0]
-    return diffusion_loss(out, noise, x0, x_t, t, scheduler, variance)
+    loss = diffusion_loss(out, noise, x0, x_t, t, scheduler, variance)
+    return loss * x0_weights(scheduler, t, x0_weight_cap).to(loss.dtype) if x0_weight_cap > 1.0 else loss

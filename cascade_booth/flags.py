@@ -62,6 +62,9 @@ TABLE: tuple[Flag, ...] = (
     Flag("--optimizer", (f"{STAGE}.optimizer",),
          "adamw-in-backward: update inside backward, bf16 moments (full fine-tunes in less memory)."),
     Flag("--max-grad-norm", (f"{STAGE}.max_grad_norm",), "Clip the global gradient norm (0: no clipping)."),
+    Flag("--x0-weight-cap", (f"{STAGE}.x0_weight_cap",),
+         f"Weight each sample's loss by min(1/alpha_bar_t, cap): the colours and layout decided at high noise "
+         f"learn faster (1: IF's plain loss). {_OVER} x0_weight_cap."),
     Flag("--gradient-checkpointing/--no-gradient-checkpointing", (f"{STAGE}.gradient_checkpointing",),
          "Recompute activations in backward: less memory, about 30% slower."),
     Flag("--prior/--no-prior", ("prior.enabled",), "Class-specific prior preservation (default on).",

@@ -113,6 +113,21 @@ def diffusion_loss(
     return loss
 
 
+def x0_weights(scheduler, t: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-sample loss weights ``min(1 / alpha_bar_t, cap)`` (1 where ``cap`` <= 1: the plain epsilon loss).
+
+    The implied x0's error is the epsilon error times ``(1 - alpha_bar) / alpha_bar``, so where the image is
+    mostly noise an epsilon error says little about x0, and the plain loss barely teaches what is decided
+    there: an object's colour and layout. ``1 / alpha_bar = 1 + 1 / SNR`` weights those steps like the x0 error
+    (Salimans & Ho 2022, section 4, truncated-SNR weighting), capped because it grows without bound as
+    alpha_bar -> 0 (IF's cosine schedule reaches about 1/270 at its first sampling step).
+    """
+    if cap <= 1.0:
+        return torch.ones(t.shape, device=t.device)
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t]
+    return (1.0 / alpha_bar).clamp(max=cap).float()
+
+
 def prior_weighted_mean(per_sample: torch.Tensor, is_prior: torch.Tensor, prior_weight: float) -> torch.Tensor:
     """DreamBooth eq. 2: mean over instance samples + ``prior_weight`` x mean over class (prior) samples.
 

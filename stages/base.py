@@ -42,6 +42,7 @@ class BaseJob:
     prior_weight: float
     variance: str
     seed: int
+    x0_weight_cap: float = 1.0
     name: str = NAME
 
     def __post_init__(self) -> None:
@@ -62,7 +63,8 @@ class BaseJob:
 
     def losses(self, unet, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         dev = next(unet.parameters()).device
-        return training_losses(unet, self.scheduler, batch.x0.to(dev), batch.text.to(dev), generator, self.variance)
+        return training_losses(unet, self.scheduler, batch.x0.to(dev), batch.text.to(dev), generator, self.variance,
+                               x0_weight_cap=self.x0_weight_cap)
 
 
 def prepare(req: TrainRequest, progress=None) -> PreparedStage:
@@ -106,7 +108,7 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
         instance=stack_images([i.image for i in ctx.images], resolution),
         instance_text=texts.get(ctx.meta["instance_prompt"]), class_images=class_tensor, class_text=class_text,
         batch_size=cfg.base.batch_size, prior_weight=cfg.prior.weight if cfg.prior.enabled else 0.0,
-        variance=cfg.base.variance, seed=cfg.seed,
+        variance=cfg.base.variance, seed=cfg.seed, x0_weight_cap=cfg.base.x0_weight_cap,
     )
 
 

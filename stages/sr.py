@@ -81,6 +81,7 @@ class SRJob:
     variance: str
     seed: int
     prior_weight: float = 0.0
+    x0_weight_cap: float = 1.0
     name: str = NAME
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class SRJob:
         cond, labels = sr_condition(batch.low_res.to(dev), x0.shape[-1], self.noise_level, self.noising_scheduler,
                                     generator)
         return training_losses(unet, self.scheduler, x0, batch.text.to(dev), generator, self.variance,
-                               cond=cond, class_labels=labels)
+                               cond=cond, class_labels=labels, x0_weight_cap=self.x0_weight_cap)
 
 
 def _first_config(config: str | Path | Config | None, run: Path, meta: dict[str, Any]) -> Config:
@@ -219,6 +220,7 @@ def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int) -> SRJo
         noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),
         targets=stack_images(photos, sr_res), low_res=stack_images(photos, base_res), text=texts.get(prompt),
         batch_size=cfg.sr.batch_size, noise_level=cfg.sr.noise_level, variance=cfg.sr.variance, seed=cfg.seed,
+        x0_weight_cap=cfg.sr.x0_weight_cap,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from cascade_booth.cli import main
 from cascade_booth.commands import stage_config
 from cascade_booth.config import Config, load_config
-from cascade_booth.config_checks import choices_of
+from cascade_booth.config_checks import choices_of, range_of
 from cascade_booth.errors import InputError
 from cascade_booth.flags import TABLE, flags_of
 
@@ -33,8 +33,8 @@ def _other_value(cfg: Config, dotted: str) -> list[str]:
         return []  # a switch: its name is the value
     if isinstance(value, int):
         return [str(value + 1)]
-    if isinstance(value, float):
-        return [str(value / 2)]
+    if isinstance(value, float):  # half, unless that is out of range (a cap whose least value is the default)
+        return [str(value / 2 if range_of(type(getattr(cfg, section)), key).problem(value / 2) is None else value * 2)]
     options = choices_of(type(getattr(cfg, section)), key) if section else None
     return [next(o for o in options if o != value)] if options else ["some/model"]
 

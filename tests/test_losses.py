@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from cascade_booth.losses import diffusion_loss, prior_weighted_mean, split_output, vlb_term
+from cascade_booth.losses import diffusion_loss, prior_weighted_mean, split_output, vlb_term, x0_weights
 
 
 def test_prior_weighted_mean_is_instance_mean_plus_lambda_prior_mean():
@@ -54,3 +54,15 @@ def test_vlb_gradient_reaches_only_the_variance_head():
     eps, var = split_output(out, 3)
     vlb_term(sched, x0, sched.add_noise(x0, noise, t), t, eps, var).sum().backward()
     assert out.grad[:, :3].abs().sum() == 0 and out.grad[:, 3:].abs().sum() > 0
+
+
+def test_x0_weights_follow_one_over_alpha_bar_up_to_the_cap():
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    t = torch.arange(1000)
+    assert torch.equal(x0_weights(sched, t, 1.0), torch.ones(1000))  # the default: IF's plain loss
+    w = x0_weights(sched, t, 20.0)
+    assert w[0].item() == pytest.approx(1.0, abs=1e-3) and w[-1].item() == 20.0
+    assert torch.all(w[1:] >= w[:-1])  # more weight as the image drowns in noise
+    below = w < 20.0
+    assert torch.allclose(w[below], 1.0 / sched.alphas_cumprod[below].float())
+    assert 300 < int(below.sum()) < 1000  # the cap only bites at the noisiest steps

@@ -216,6 +216,26 @@ def test_full_fine_tune_step_moves_the_unet(clock_subject, tmp_path):
         assert name in moved, name
 
 
+def test_x0_weight_cap_reaches_the_job_and_weights_each_sample_by_its_timestep(clock_subject, tmp_path):
+    from cascade_booth.losses import x0_weights
+    from cascade_booth.session import TrainRequest
+    from stages.base import prepare
+
+    cfg = tiny_config(steps=1, x0_weight_cap=20.0)
+    cfg.prior.enabled = False
+    ctx, job, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "run", config=cfg))
+    ctx.run.unlock()
+    assert job.x0_weight_cap == 20.0
+    batch = job.batch(0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        weighted = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+        job.x0_weight_cap = 1.0
+        plain = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+    t = torch.randint(0, 1000, (len(plain),), generator=torch.Generator().manual_seed(3))  # what the loss drew first
+    assert torch.allclose(weighted, plain * x0_weights(job.scheduler, t, 20.0), rtol=1e-5)
+    assert not torch.allclose(weighted, plain)
+
+
 # 4. a sweep point's settings reach its run ------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cascade_booth.cli import main
 from cascade_booth.world.design import HELD_OUT_START, design, subject_design_id
 from cascade_booth.world.render import Scene, draw_scene
-from cascade_booth.world.sampling import dataset_example, subject_examples
+from cascade_booth.world.sampling import dataset_example, subject_examples, subject_in_contexts
 from cascade_booth.world.vocab import CLASSES, COLOURS, CONTEXTS, PATTERNS, caption
 
 
@@ -100,6 +100,16 @@ def test_subject_photos_are_one_held_out_design_of_the_asked_class():
         assert {ex.design.cls for ex in examples} == {cls}
         assert len({(ex.scene.x, ex.scene.scale) for ex in examples}) == 5  # varied pose and scale
     assert subject_design_id("vase", 4) != subject_design_id("vase", 5)
+
+
+def test_the_subject_in_new_contexts_is_its_design_in_each_asked_context():
+    photos = subject_examples("teapot", 3)
+    shown = subject_in_contexts("teapot", 3, ["snow", "beach"], 2)
+    assert [e.scene.context for e in shown] == ["snow", "snow", "beach", "beach"]
+    assert {e.design.id for e in shown} == {photos[0].design.id}
+    assert len({e.scene.background for e in shown}) == 4  # each pose its own variation
+    again = subject_in_contexts("teapot", 3, ["snow", "beach"], 2)
+    assert np.array_equal(np.asarray(draw_scene(shown[3].scene, 32)), np.asarray(draw_scene(again[3].scene, 32)))
 
 
 def test_cli_vocab_json():

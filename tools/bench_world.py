@@ -7,10 +7,11 @@ Both tools start from the same world subject photos (``world subject``, 256 px) 
 models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 ``--pretrained_model_name_or_path``), with the same identifier (the one cascade-booth chose). Tools:
 
-- ``cascade-booth``: ``train-base --config world``, ``train-sr --config world``, ``render`` (the preset:
+- ``cascade-booth``: ``train-base --config world``, ``train-sr --config world``, ``render`` (the preset, e.g.
   stage one 600 steps, batch 4 + 4 class images, lr 3e-3, LoRA rank 8, 48 class images; stage two 200
-  steps, batch 2, lr 1e-4, rank 8, conditioned on the noise-augmented 32 px photo as at inference).
-- ``diffusers-equal``: ``train_dreambooth_lora.py`` at those settings (stage one with
+  steps, batch 2, rank 8, conditioned on the noise-augmented 32 px photo as at inference; its lr was 1e-4
+  in the 2026-12-05 results and is 1e-3 since).
+- ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank and batch (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
   stage two ``--class_labels_conditioning timesteps``: the noisy target concatenated with itself).
 - ``diffusers-recommended``: their README's IF stage-I LoRA recipe (1,200 steps, batch 4, lr 5e-6 with
@@ -40,6 +41,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from cascade_booth.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,8 +172,10 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
         prior = ["--with_prior_preservation", "--prior_loss_weight", "1.0", "--class_prompt", f"a {a.cls}",
                  "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else "48",
                  "--sample_batch_size", "16"]
-        s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, 600, 3e-3, 8, 4) + prior
-        s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, 200, 1e-4, 8, 2) + [
+        base, sr = load_config("world").base, load_config("world").sr  # equal to what cascade-booth trains
+        s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base.steps, base.lr, base.lora_rank,
+                            base.batch_size) + prior
+        s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size) + [
             "--class_labels_conditioning", "timesteps"]
     else:
         s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, 1200, 5e-6, 4, 4) + ["--scale_lr"]

@@ -139,23 +139,6 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
     return hi[..., y:y + CROP, x:x + CROP], cond[..., y:y + CROP, x:x + CROP], levels
 
 
-def high_noise_weights(model: str, sched, gen: torch.Generator, batch: int, cap: float) -> torch.Tensor:
-    """Stage two: per-sample weights clip(1 / alpha_bar_t, 1, cap) on the epsilon loss (x0-space error,
-    truncated). At high noise an epsilon error says almost nothing about x0 (x0 error = eps error x
-    sqrt((1 - a) / a)), so plain epsilon MSE barely teaches the SR model to copy its low-res input there, and
-    sampling from pure noise then locks into a wrong start. The first segment (to step 2300) used cap 20: its
-    x0 at the sampler's first step (t = 960, alpha_bar 0.0037) still had MSE 0.2 and the samples a global colour
-    shift, so the next segment uses cap 1000 (reaches t ~ 975). Stage one keeps IF's plain objective.
-
-    The timesteps are the ones ``training_losses`` draws next: read from a copy of the generator.
-    """
-    if model == "base":
-        return torch.ones(batch)
-    ahead = torch.Generator().set_state(gen.get_state())
-    t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=ahead)
-    return (1.0 / sched.alphas_cumprod[t]).clamp(1.0, cap).float()
-
-
 def save_state(path: Path, unet, ema, opt, step: int, start: int, cap: float) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -215,9 +198,12 @@ def train(args) -> None:
             cond, labels, x0 = None, None, hi
         else:
             x0, cond, labels = sr_batch(hi, low, noising, gen)
-        weights = high_noise_weights(args.model, sched, gen, x0.shape[0], args.sr_weight_cap)
-        per_sample = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels)
-        loss = (weights * per_sample).mean()
+        # Stage two weights its loss like the x0 error (losses.x0_weights): plain epsilon MSE barely teaches the SR
+        # model to copy its low-res input at high noise, and sampling from pure noise then locks into a wrong start.
+        # The first segment (to step 2300) used cap 20; stage one keeps IF's plain objective.
+        cap = args.sr_weight_cap if args.model == "sr" else 1.0
+        loss = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels,
+                               x0_weight_cap=cap).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -272,7 +258,7 @@ def export(out: Path) -> None:
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
         summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
                    "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
-        if model == "sr":  # the segment to step 2300 used cap 20 (high_noise_weights)
+        if model == "sr":  # the cap of losses.x0_weights the segments used
             summary["sr_weight_cap"] = state.get("sr_weight_cap", 20.0)
         if earlier is not None:  # this segment started from the shipped weights at step `start`
             summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
@@ -323,7 +309,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--init-from-shipped", action="store_true")
-    parser.add_argument("--sr-weight-cap", type=float, default=1000.0, help="stage two: cap of the 1/alpha_bar weight")
+    parser.add_argument("--sr-weight-cap", type=float, default=20.0, help="stage two: cap of the 1/alpha_bar weight")
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--out", type=Path, default=cascade.SHIPPED)
     args = parser.parse_args()

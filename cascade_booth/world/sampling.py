@@ -60,3 +60,12 @@ def subject_examples(cls: str, seed: int, count: int = 5) -> list[Example]:
         scene = Scene(**{**scene.to_json(), **varied})
         out.append(Example(scene=scene, design=d, caption=caption(d.cls, d.colour, d.pattern, context)))
     return out
+
+
+def subject_in_contexts(cls: str, seed: int, contexts: list[str], per_context: int) -> list[Example]:
+    """The held-out subject of ``subject_examples(cls, seed)`` drawn in each of ``contexts`` (``per_context``
+    poses each): the ground truth of "a [V] <class> <context>", which no photo set shows."""
+    d = design(subject_design_id(cls, seed))
+    rng = np.random.default_rng([0xC0DE7, seed, per_context])
+    return [Example(scene=_pose(rng, ctx, d.id), design=d, caption=caption(d.cls, d.colour, d.pattern, ctx))
+            for ctx in contexts for _ in range(per_context)]
