@@ -56,4 +56,4 @@ def training_losses(
         unet_input(x_t, cond), t, encoder_hidden_states=text_embeds, class_labels=class_labels, return_dict=False
     )[0]
     loss = diffusion_loss(out, noise, x0, x_t, t, scheduler, variance)
-    return loss * x0_weights(scheduler, t, x0_weight_cap).to(loss.dtype) if x0_weight_cap > 1.0 else loss
+    return loss * x0_weights(scheduler, t, x0_weight_cap).to(loss.dtype)  # x 1.0 (exact) at the default cap
