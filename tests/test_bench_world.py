@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_world.py"
+from helpers_tools import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("bench_world", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_world")
 
 
 def test_parts_follow_the_output_lines_and_take_each_parts_peak_memory():

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers_tools import load_tool
 from PIL import Image
 
 from cascade_booth.cli import main as cli
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "world_sr_fidelity.py"
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("world_sr_fidelity", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("world_sr_fidelity")
 
 
 @pytest.mark.usefixtures("one_thread")

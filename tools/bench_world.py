@@ -172,7 +172,8 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
         prior = ["--with_prior_preservation", "--prior_loss_weight", "1.0", "--class_prompt", f"a {a.cls}",
                  "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else "48",
                  "--sample_batch_size", "16"]
-        base, sr = load_config("world").base, load_config("world").sr  # equal to what cascade-booth trains
+        preset = load_config("world")  # equal to what cascade-booth trains
+        base, sr = preset.base, preset.sr
         s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base.steps, base.lr, base.lora_rank,
                             base.batch_size) + prior
         s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size) + [

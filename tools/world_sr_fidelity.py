@@ -39,12 +39,12 @@ def _pipeline(lora: Path | None):
     return sr
 
 
-def upsample_all(lora: Path | None, low: torch.Tensor, prompts: list[str], strength: float, out: Path) -> list[Path]:
-    """Each 32 px input through one SR at one strength (0: bilinear), as PNGs in ``out``; seed i for input i."""
+def upsample_all(sr, low: torch.Tensor, prompts: list[str], strength: float, out: Path) -> list[Path]:
+    """Each 32 px input through pipeline ``sr`` at one strength (``sr`` None: bilinear), as PNGs in ``out``;
+    seed i for input i."""
     from cascade_booth.sampling import to_pil
 
     out.mkdir(parents=True, exist_ok=True)
-    sr = _pipeline(lora) if strength > 0 else None
     files = []
     for i, prompt in enumerate(prompts):
         up = F.interpolate(low[i:i + 1], (128, 128), mode="bilinear", align_corners=True)
@@ -99,19 +99,22 @@ def main(argv: list[str] | None = None) -> None:
     subject = Subject.load(a.subject)
     examples = subject_in_contexts(meta["class"], meta["seed"], contexts, a.per_context)
     low = torch.stack([to_tensor(draw_scene(e.scene, 32), 32) for e in examples])
-    truth = torch.stack([to_tensor(draw_scene(e.scene, 128), 128) for e in examples])
+    truth_images = [draw_scene(e.scene, 128) for e in examples]
+    truth = torch.stack([to_tensor(im, 128) for im in truth_images])
     truth_dir = a.out / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    for i, e in enumerate(examples):
-        draw_scene(e.scene, 128).save(truth_dir / f"{i:02d}.png")
+    for i, im in enumerate(truth_images):
+        im.save(truth_dir / f"{i:02d}.png")
     srs = [("pretrained", None)] + [(s.split("=", 1)[0], Path(s.split("=", 1)[1])) for s in a.sr]
+    pipelines = {name: _pipeline(lora) for name, lora in srs}  # loaded once, used at every strength
     rows = {"truth": figures(sorted(truth_dir.glob("*.png")), truth, a.subject, subject)}
     pictures = [sorted(truth_dir.glob("*.png"))]
     for strength in (float(x) for x in a.strengths.split(",")):
         for name, lora in srs if strength > 0 else [("bilinear", None)]:
             ident = f"{a.identifier} " if lora is not None else ""
             prompts = [caption(f"{ident}{meta['class']}", None, None, e.scene.context) for e in examples]
-            files = upsample_all(lora, low, prompts, strength, a.out / f"{name}-{strength:g}")
+            sr = pipelines[name] if strength > 0 else None
+            files = upsample_all(sr, low, prompts, strength, a.out / f"{name}-{strength:g}")
             key = name if strength == 0 else f"{name}, strength {strength:g}"
             rows[key] = figures(files, truth, a.subject, subject)
             pictures.append(files)
