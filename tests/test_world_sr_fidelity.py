@@ -35,7 +35,9 @@ def test_truth_reads_back_and_every_sr_and_strength_is_a_row(tmp_path: Path) -> 
     assert "| truth | 100% | 100% |" in (out / "results.md").read_text()
 
 
-def test_an_unknown_context_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("args, culprit", [(["--contexts", "moon"], "'moon'"), (["--sr", "ours"], "'ours'"),
+                                           (["--sr", "ours=nowhere"], "'ours=nowhere'")])
+def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], args, culprit) -> None:
     with pytest.raises(SystemExit):
-        _tool().main(["--subject", str(tmp_path), "--identifier", "zq", "--contexts", "moon"])
-    assert "'moon'" in capsys.readouterr().err
+        _tool().main(["--subject", str(tmp_path), "--identifier", "zq", *args])
+    assert culprit in capsys.readouterr().err

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def _pipeline(lora: Path | None):
@@ -34,7 +35,7 @@ def _pipeline(lora: Path | None):
 
     sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
     if lora is not None:
-        sr.load_lora_weights(str(lora), weight_name="pytorch_lora_weights.safetensors")
+        sr.load_lora_weights(str(lora), weight_name=LORA_FILE)
     sr.set_progress_bar_config(disable=True)
     return sr
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     contexts = a.contexts.split(",") if a.contexts else list(CONTEXTS)
     if unknown := [c for c in contexts if c not in CONTEXTS]:
         p.error(f"unknown context(s) {unknown}; the world has {list(CONTEXTS)}")
+    if bad := [s for s in a.sr if "=" not in s or not (Path(s.split("=", 1)[1]) / LORA_FILE).is_file()]:
+        p.error(f"--sr {bad[0]!r}: give NAME=DIR, DIR holding a stage-two {LORA_FILE}")
     if not (a.subject / "subject.json").is_file():
         p.error(f"{a.subject} has no subject.json: make one with `cascade-booth world subject`")
     torch.set_num_threads(1)
