@@ -186,3 +186,34 @@ def test_read_back_of_ground_truth_photos_and_context_of_prompts(tmp_path):
     prompts = instance_prompts("vase")
     assert len(prompts) == len(CONTEXTS) - 1 and prompts[1] == "a [V] vase in the jungle"
     assert [context_of(p) for p in prompts] == [c for c in CONTEXTS if c != "plain"] and context_of("a vase") == "plain"
+
+
+def test_cli_score_guidance_reaches_the_run_and_the_pretrained_renders(tmp_path, monkeypatch):
+    import pytest
+
+    from cascade_booth import runner
+    from cascade_booth.world import readback
+
+    class Rendered(Exception):
+        pass
+
+    requests = []
+
+    def render_run(request):  # record; stop once both renders are asked for, before any model loads
+        requests.append(request)
+        if len(requests) == 2:
+            raise Rendered
+        return []
+
+    monkeypatch.setattr(runner, "render_run", render_run)
+    photos = tmp_path / "vase"
+    assert CliRunner().invoke(main, ["world", "subject", "--class", "vase", "--seed", "2", "--out", str(photos)]
+                              ).exit_code == 0
+    result = CliRunner().invoke(main, ["world", "score", "--run", str(tmp_path), "--subject", str(photos),
+                                       "--guidance", "9"])
+    assert isinstance(result.exception, Rendered)
+    assert [(r.run, r.guidance) for r in requests] == [(tmp_path, 9.0), (None, 9.0)]
+    requests.clear()
+    with pytest.raises(Rendered):
+        readback.score_run(tmp_path, photos, tmp_path / "score")
+    assert [r.guidance for r in requests] == [None, None]  # the default: each run's own render.guidance

@@ -149,7 +149,7 @@ class Scored:
 
 def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_images: int = 4,
               steps: int | None = None, seed: int = 0, contexts: list[str] | None = None,
-              sr_strength: float | None = None) -> Scored:
+              sr_strength: float | None = None, guidance: float | None = None) -> Scored:
     """Render the instance and class prompts through the run and the class prompts through the
     pretrained cascade (same seeds), read all of them back (see the module docstring)."""
     from cascade_booth.config import load_config
@@ -160,11 +160,11 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
     quiet = lambda _m: None  # noqa: E731 - the fallbacks are expected here
     mine = rendered_pngs(render_run(RenderRequest(
         run=run, prompts=prompts, out=out / "personalized", num_images=num_images, seed=seed, steps=steps, sr=sr,
-        class_prompts=True, warn=quiet, sr_strength=sr_strength)))
+        class_prompts=True, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
     class_prompts = [p.replace("[V] ", "") for p in prompts]
     base = rendered_pngs(render_run(RenderRequest(
         run=None, config=load_config("world"), prompts=class_prompts, out=out / "pretrained", num_images=num_images,
-        seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength)))
+        seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
     groups = renders_by_kind(mine)
     figures = _figures(groups, subject)
     figures["pretrained"] = score_renders(base, subject)["instance"]
