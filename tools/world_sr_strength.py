@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from world_sr_fidelity import _pipeline, upsample_all  # noqa: E402  (one SR pipeline, one upsample loop)
 
 
 def main() -> None:
-    from diffusers import IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline
-
     from cascade_booth.images import to_tensor
     from cascade_booth.world.readback import Subject, dino_to_subject, read_images
 
@@ -43,10 +42,7 @@ def main() -> None:
             if json.loads(q.with_suffix(".json").read_text()).get("kind") == "instance"][::2][:12]
     prompts = [json.loads(q.with_suffix(".json").read_text())["prompt"].replace("[V] ", "") for q in pngs]
     low = torch.stack([to_tensor(Image.open(q).convert("RGB"), 32) for q in pngs])
-    sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
-    if a.sr_lora:
-        sr.load_lora_weights(str(a.sr_lora), weight_name="pytorch_lora_weights.safetensors")
-    sr.set_progress_bar_config(disable=True)
+    sr = _pipeline(a.sr_lora)
     subject = Subject.load(photos)
 
     def figures(files: list[Path]) -> str:
@@ -59,18 +55,7 @@ def main() -> None:
     print(f"{a.subject} ({subject.colour}, {subject.pattern}), {len(pngs)} images; 32 px input: {figures(pngs)}")
     for strength in (float(x) for x in a.strengths.split(",")):
         out = a.out / f"{a.subject}{'-lora' if a.sr_lora else ''}-{strength:g}"
-        out.mkdir(parents=True, exist_ok=True)
-        files = []
-        for i, prompt in enumerate(prompts):
-            up = F.interpolate(low[i:i + 1], (128, 128), mode="bilinear", align_corners=True)
-            if strength == 0:
-                image = sr.numpy_to_pil(((up + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy())[0]
-            else:
-                image = sr(image=low[i:i + 1], original_image=up, strength=strength, prompt=prompt,
-                           num_inference_steps=25, guidance_scale=4.0, noise_level=50,
-                           generator=torch.Generator().manual_seed(i)).images[0]
-            files.append(out / f"{i:02d}.png")
-            image.save(files[-1])
+        files = upsample_all(sr if strength > 0 else None, low, prompts, strength, out)
         print(f"  strength {strength:g}: {figures(files)}", flush=True)
 
 
