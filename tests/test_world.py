@@ -217,3 +217,27 @@ def test_cli_score_guidance_reaches_the_run_and_the_pretrained_renders(tmp_path,
     with pytest.raises(Rendered):
         readback.score_run(tmp_path, photos, tmp_path / "score")
     assert [r.guidance for r in requests] == [None, None]  # the default: each run's own render.guidance
+
+
+def test_score_named_renders_the_pretrained_cascade_told_the_subjects_colour_and_pattern(tmp_path, monkeypatch):
+    from cascade_booth import runner
+    from cascade_booth.world import readback
+
+    requests = []
+    monkeypatch.setattr(runner, "render_run", lambda request: requests.append(request) or [])
+    rates = {"images": 0, "colour": 0.0, "pattern": 0.0, "context": 0.0, "class": 0.0, "dino": 0.0}
+    monkeypatch.setattr(readback, "score_renders", lambda paths, subject: {"instance": dict(rates)})
+    monkeypatch.setattr(readback, "_figures", lambda groups, subject: {"instance": dict(rates), "class": dict(rates)})
+    monkeypatch.setattr(readback, "dino_to_subject", lambda renders, subject_dir: {k: 0.5 for k in renders})
+    photos = tmp_path / "vase"
+    assert CliRunner().invoke(main, ["world", "subject", "--class", "vase", "--seed", "2", "--out", str(photos)]
+                              ).exit_code == 0
+    subject = readback.Subject.load(photos)
+    figures = readback.score_run(tmp_path, photos, tmp_path / "score", named=True).figures
+    told = requests[2]
+    assert told.run is None and len(told.prompts) == len(CONTEXTS) - 1
+    assert told.prompts[1] == caption("vase", subject.colour, subject.pattern, "jungle")
+    assert figures["named"]["dino"] == 0.5
+    assert any(line.strip().startswith(readback.NAMED_LABEL) for line in readback.summary_lines(figures))
+    requests.clear()
+    assert "named" not in readback.score_run(tmp_path, photos, tmp_path / "score2").figures and len(requests) == 2

@@ -135,10 +135,13 @@ def models_cmd(as_json: bool) -> None:
               help="Stage two's img2img strength (default: the run's render.sr_strength).")
 @click.option("--guidance", type=click.FloatRange(min=0),
               help="Stage one's guidance, for the run and the pretrained cascade (default: the run's render.guidance).")
+@click.option("--named", is_flag=True,
+              help="Also render the pretrained cascade told the subject's colour and pattern in words: the "
+                   "reference for the [V] rates.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly
 def score_cmd(run_dir: Path, subject: Path, out: Path | None, num_images: int, sr: bool, sr_strength: float | None,
-              guidance: float | None, as_json: bool) -> None:
+              guidance: float | None, named: bool, as_json: bool) -> None:
     """Read back a world run: the subject's colour / pattern in "a [V] <class> <context>" renders (every
     non-plain context), the context obeyed, and the class prompts' drift against the pretrained cascade."""
     from cascade_booth.world.readback import score_run, summary_lines
@@ -146,7 +149,7 @@ def score_cmd(run_dir: Path, subject: Path, out: Path | None, num_images: int, s
     if not (subject / "subject.json").is_file():
         raise InputError(f"--subject {subject}: no subject.json (make the photos with `cascade-booth world subject`)")
     figures = score_run(run_dir, subject, out or run_dir / "score", sr=sr, num_images=num_images,
-                        sr_strength=sr_strength, guidance=guidance).figures
+                        sr_strength=sr_strength, guidance=guidance, named=named).figures
     if as_json:
         click.echo(json.dumps(figures, indent=1))
         return

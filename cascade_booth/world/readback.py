@@ -13,6 +13,9 @@ Figures (fractions of renders):
 - ``class``: the same prompts without ``[V]`` from the personalized cascade (drift), beside
   ``pretrained``: the same class prompts from the shipped cascade (the prior that must be kept).
   ``colour_drift`` = class-prompt rate of the subject's colour, personalized minus pretrained.
+- ``named`` (``named=True`` only): the pretrained cascade told the subject's colour and pattern in words
+  ("a green clock with stripes in the snow"): what the model draws at best when nothing is learned, the
+  reference for the ``instance`` rates.
 - ``dino`` (per kind): mean world-DINO cosine similarity of the renders to the subject's photos.
 """
 
@@ -149,9 +152,10 @@ class Scored:
 
 def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_images: int = 4,
               steps: int | None = None, seed: int = 0, contexts: list[str] | None = None,
-              sr_strength: float | None = None, guidance: float | None = None) -> Scored:
+              sr_strength: float | None = None, guidance: float | None = None, named: bool = False) -> Scored:
     """Render the instance and class prompts through the run and the class prompts through the
-    pretrained cascade (same seeds), read all of them back (see the module docstring)."""
+    pretrained cascade (same seeds), read all of them back (see the module docstring). ``named``: also the
+    pretrained cascade with the subject's colour and pattern in the prompt."""
     from cascade_booth.config import load_config
     from cascade_booth.runner import RenderRequest, render_run
 
@@ -169,6 +173,12 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
     figures = _figures(groups, subject)
     figures["pretrained"] = score_renders(base, subject)["instance"]
     renders = {kind: [p for p, _ in rows] for kind, rows in groups.items()} | {"pretrained": base}
+    if named:
+        told = [caption(subject.cls, subject.colour, subject.pattern, context_of(p)) for p in class_prompts]
+        renders["named"] = rendered_pngs(render_run(RenderRequest(
+            run=None, config=load_config("world"), prompts=told, out=out / "named", num_images=num_images,
+            seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
+        figures["named"] = score_renders(renders["named"], subject)["instance"]
     for kind, value in dino_to_subject(renders, subject_dir).items():
         figures[kind]["dino"] = value
     figures["colour_drift"] = figures["class"]["colour"] - figures["pretrained"]["colour"]
@@ -179,6 +189,7 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
 
 LABELS = {"instance": "a [V] <class> <context>", "class": "a <class> <context>, personalized",
           "pretrained": "a <class> <context>, pretrained"}
+NAMED_LABEL = "colour and pattern named, pretrained"  # world score --named only
 
 
 def summary_lines(figures: dict) -> list[str]:
@@ -186,7 +197,9 @@ def summary_lines(figures: dict) -> list[str]:
     s = figures["subject"]
     lines = [f"subject: {s['colour']} {s['class']}, pattern {s['pattern']} (named in no prompt); "
              f"read back at {figures['size']} px"]
-    for kind, label in LABELS.items():
+    for kind, label in (LABELS | {"named": NAMED_LABEL}).items():
+        if kind not in figures:  # "named" only when asked for
+            continue
         f = figures[kind]
         lines.append(f"  {label:36s} {f['images']:3d} images: DINO to the photos {f['dino']:+.2f}  subject's colour "
                      f"{f['colour']:4.0%}  pattern {f['pattern']:4.0%}  context {f['context']:4.0%}  "
