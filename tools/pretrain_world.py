@@ -286,14 +286,21 @@ def write_model_card(out: Path) -> None:
              "|---|---|---:|---:|---:|---:|"]
     for model in ("base", "sr"):
         info = json.loads((out / model / "pretrain.json").read_text())
-        cmd = f"python tools/pretrain_world.py --model {model} --steps N"
-        lines.append(f"| {model} | `{cmd}` | {info['steps']} | {info['examples']} | {info['wall_hours']} | "
+        segments = info.get("segments", [info["steps"]])
+        cmd = f"`python tools/pretrain_world.py --model {model} --steps N` to step {segments[0]}"
+        for end in segments[1:]:  # each later segment carried on from the weights shipped before it
+            cmd += f", then `--steps {end} --init-from-shipped`"
+        lines.append(f"| {model} | {cmd} | {info['steps']} | {info['examples']} | {info['wall_hours']} | "
                      f"{info['final_loss_mean_last_200']} |")
     acceptance = out / "acceptance.json"
     if acceptance.exists():
+        cascade_run = json.loads(acceptance.read_text()).get("cascade", {})
         lines += ["", "## Acceptance (held-out designs)", "", "`python tools/world_acceptance.py --evaluators "
-                  "--cascade --out cascade_booth/world/models/acceptance.json`", "", "```json",
-                  acceptance.read_text().strip(), "```"]
+                  "--cascade --sr --out cascade_booth/world/models/acceptance.json`"]
+        if cascade_run:
+            lines.append(f"(cascade: {cascade_run['prompts']} prompts, one image each, {cascade_run['steps']} steps "
+                         f"per stage, stage one's guidance {cascade_run['guidance']:g}, the world preset's stage two)")
+        lines += ["", "```json", acceptance.read_text().strip(), "```"]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

@@ -1,0 +1,28 @@
+"""tools/pretrain_world.py's model card: each model's commands (segments included) and the acceptance beside them."""
+
+from __future__ import annotations
+
+import json
+
+from helpers_tools import load_tool
+
+
+def test_model_card_lists_each_segment_command_and_the_acceptance_sampling(tmp_path):
+    tool = load_tool("pretrain_world")
+    base = {"steps": 7400, "examples": 236800, "wall_hours": 4.61, "final_loss_mean_last_200": 0.0282,
+            "segments": [3900, 7400]}
+    sr = {"steps": 2300, "examples": 27600, "wall_hours": 1.25, "final_loss_mean_last_200": 0.1056}
+    for name, info in (("base", base), ("sr", sr)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pretrain.json").write_text(json.dumps(info))
+    (tmp_path / "acceptance.json").write_text(json.dumps({"cascade": {"prompts": 200, "steps": 25, "guidance": 4.0,
+                                                                      "cascade_128px": {"pattern": 0.56}}}))
+    tool.write_model_card(tmp_path)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith("| base") or
+            line.startswith("| sr")}
+    assert "--steps N` to step 3900, then `--steps 7400 --init-from-shipped`" in rows["base"]
+    assert "| 7400 | 236800 | 4.61 | 0.0282 |" in rows["base"]
+    assert "to step 2300 |" in rows["sr"] and "init-from-shipped" not in rows["sr"]
+    assert "200 prompts, one image each, 25 steps per stage, stage one's guidance 4," in card
+    assert '"pattern": 0.56' in card
