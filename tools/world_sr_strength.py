@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from world_sr_fidelity import _pipeline, upsample_all  # noqa: E402  (one SR pipeline, one upsample loop)
+from world_sr_fidelity import _pipeline, upsample_all  # a sibling: ``python tools/...`` puts tools/ first on sys.path
 
 
 def main() -> None:
