@@ -30,7 +30,8 @@ MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "mode
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def _pipeline(lora: Path | None):
+def sr_pipeline(lora: Path | None):
+    """The world SR as diffusers' img2img SR pipeline, with a stage-two LoRA folder loaded if given."""
     from diffusers import IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline
 
     sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, im in enumerate(truth_images):
         im.save(truth_dir / f"{i:02d}.png")
     srs = [("pretrained", None)] + [(s.split("=", 1)[0], Path(s.split("=", 1)[1])) for s in a.sr]
-    pipelines = {name: _pipeline(lora) for name, lora in srs}  # loaded once, used at every strength
+    pipelines = {name: sr_pipeline(lora) for name, lora in srs}  # loaded once, used at every strength
     rows = {"truth": figures(sorted(truth_dir.glob("*.png")), truth, a.subject, subject)}
     pictures = [sorted(truth_dir.glob("*.png"))]
     for strength in (float(x) for x in a.strengths.split(",")):
@@ -146,6 +147,7 @@ def write_report(out: Path, results: dict, pictures: list[list[Path]]) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     grid([[Image.open(f).convert("RGB") for f in files] for files in pictures], pad=0).save(out / "sr-fidelity.png")
     print("\n".join(lines))
+
 
 if __name__ == "__main__":
     main()

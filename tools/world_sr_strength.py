@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from world_sr_fidelity import _pipeline, upsample_all  # a sibling: ``python tools/...`` puts tools/ first on sys.path
+from world_sr_fidelity import sr_pipeline, upsample_all  # a sibling: ``python tools/...`` puts tools/ first on sys.path
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
             if json.loads(q.with_suffix(".json").read_text()).get("kind") == "instance"][::2][:12]
     prompts = [json.loads(q.with_suffix(".json").read_text())["prompt"].replace("[V] ", "") for q in pngs]
     low = torch.stack([to_tensor(Image.open(q).convert("RGB"), 32) for q in pngs])
-    sr = _pipeline(a.sr_lora)
+    sr = sr_pipeline(a.sr_lora)
     subject = Subject.load(photos)
 
     def figures(files: list[Path]) -> str:

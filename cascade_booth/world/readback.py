@@ -165,20 +165,22 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
     mine = rendered_pngs(render_run(RenderRequest(
         run=run, prompts=prompts, out=out / "personalized", num_images=num_images, seed=seed, steps=steps, sr=sr,
         class_prompts=True, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
-    class_prompts = [p.replace("[V] ", "") for p in prompts]
-    base = rendered_pngs(render_run(RenderRequest(
-        run=None, config=load_config("world"), prompts=class_prompts, out=out / "pretrained", num_images=num_images,
-        seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
-    groups = renders_by_kind(mine)
-    figures = _figures(groups, subject)
-    figures["pretrained"] = score_renders(base, subject)["instance"]
-    renders = {kind: [p for p, _ in rows] for kind, rows in groups.items()} | {"pretrained": base}
-    if named:
-        told = [caption(subject.cls, subject.colour, subject.pattern, context_of(p)) for p in class_prompts]
-        renders["named"] = rendered_pngs(render_run(RenderRequest(
-            run=None, config=load_config("world"), prompts=told, out=out / "named", num_images=num_images,
+
+    def pretrained(kind: str, texts: list[str]) -> list[Path]:  # the shipped cascade, same seeds and sampling
+        return rendered_pngs(render_run(RenderRequest(
+            run=None, config=load_config("world"), prompts=texts, out=out / kind, num_images=num_images,
             seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
-        figures["named"] = score_renders(renders["named"], subject)["instance"]
+
+    class_prompts = [p.replace("[V] ", "") for p in prompts]
+    groups = renders_by_kind(mine)
+    renders = {kind: [p for p, _ in rows] for kind, rows in groups.items()}
+    renders["pretrained"] = pretrained("pretrained", class_prompts)
+    if named:
+        renders["named"] = pretrained("named", [caption(subject.cls, subject.colour, subject.pattern, context_of(p))
+                                                for p in class_prompts])
+    figures = _figures(groups, subject)
+    for kind in [k for k in ("pretrained", "named") if k in renders]:
+        figures[kind] = score_renders(renders[kind], subject)["instance"]
     for kind, value in dino_to_subject(renders, subject_dir).items():
         figures[kind]["dino"] = value
     figures["colour_drift"] = figures["class"]["colour"] - figures["pretrained"]["colour"]
