@@ -11,6 +11,9 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
   stage one 600 steps, batch 4 + 4 class images, lr 3e-3, LoRA rank 8, 48 class images; stage two 200
   steps, batch 2, rank 8, conditioned on the noise-augmented 32 px photo as at inference; its lr was 1e-4
   in the 2026-12-05 results and is 1e-3 since).
+- ``cascade-booth-short``: the same preset with a third of the steps (stage one 200, stage two 100): how long
+  the whole cascade takes to reach diffusers-equal's quality (stage one alone passes it after 100 steps,
+  ``tools/bench_world_curve.py``).
 - ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank and batch (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
   stage two ``--class_labels_conditioning timesteps``: the noisy target concatenated with itself).
@@ -21,10 +24,11 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 - ``diffusers-pretrained``: no training; the diffusers rendering above without LoRA, the baseline against
   which the diffusers rows' figures are read (cascade-booth's baseline is its ``world score`` "pretrained").
 
-Each child process runs with ``OMP_NUM_THREADS=--threads``; its output lines are timestamped as they arrive
-and its resident memory is sampled every 50 ms, which splits its time and peak memory into parts: start-up,
-class-image generation, text encoding + model loading, training steps, saving (+ diffusers' final pipeline
-reload), and the first render (one image through both stages, a process of its own). Quality: every
+Each tool starts from an empty cascade-booth cache (``OUT/cache/TOOL``: a second cascade-booth row makes its
+own class images). Each child process runs with ``OMP_NUM_THREADS=--threads``; its output lines are timestamped
+as they arrive and its resident memory is sampled every 50 ms, which splits its time and peak memory into parts:
+start-up, class-image generation, text encoding + model loading, training steps, saving (+ diffusers' final
+pipeline reload), and the first render (one image through both stages, a process of its own). Quality: every
 non-plain context with ``--images`` images, and the same prompts without the identifier, read back by the
 world evaluators (``tools/world_tables_report.render_metrics``, ``cascade_booth.world.readback``).
 Results: ``OUT/results.json`` and ``OUT/results.md``. Exits non-zero when any tool fails.
@@ -54,7 +58,8 @@ PARTS = {  # part -> pattern of the output lines that belong to it (first match 
 }
 SMOKE_BASE = ["--steps", "4", "--class-images", "4", "--checkpoint-every", "0"]  # --smoke: every path, no meaning
 SMOKE_SR = ["--steps", "2", "--checkpoint-every", "0"]
-TOOLS = ("cascade-booth", "diffusers-equal", "diffusers-recommended", "diffusers-pretrained")
+SHORT = {"base": ["--steps", "200"], "sr": ["--steps", "100"]}  # cascade-booth-short: a third of the preset's steps
+TOOLS = ("cascade-booth", "cascade-booth-short", "diffusers-equal", "diffusers-recommended", "diffusers-pretrained")
 
 
 def _rss_mib(pid: int) -> float:
@@ -135,14 +140,17 @@ def env_for(threads: int, cache: Path) -> dict:
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
-def cascade_booth(a: argparse.Namespace, photos: Path, work: Path, env: dict) -> tuple[dict, Path, str]:
-    """Train both stages and render once with cascade-booth; returns (timings, run folder, identifier)."""
+def cascade_booth(a: argparse.Namespace, tool: str, photos: Path, work: Path, env: dict) -> tuple[dict, Path, str]:
+    """Train both stages and render once with cascade-booth; returns (timings, run folder, identifier).
+    ``cascade-booth-short`` trains the preset with fewer steps (``SHORT``): time to quality, whole cascade."""
     cli, run = [sys.executable, "-m", "cascade_booth.cli"], work / "run"
     base = [*cli, "train-base", "--config", "world", "--subject", str(photos), "--class-noun", a.cls, "--run", str(run)]
     sr = [*cli, "train-sr", "--config", "world", "--run", str(run)]
-    t = {"stage one": run_timed("cascade-booth.train-base", base + SMOKE_BASE * a.smoke, env, a.logs),
-         "stage two": run_timed("cascade-booth.train-sr", sr + SMOKE_SR * a.smoke, env, a.logs),
-         "first render": run_timed("cascade-booth.render", [*cli, "render", "--run", str(run), "--num-images", "1",
+    if tool == "cascade-booth-short":
+        base, sr = base + SHORT["base"], sr + SHORT["sr"]
+    t = {"stage one": run_timed(f"{tool}.train-base", base + SMOKE_BASE * a.smoke, env, a.logs),
+         "stage two": run_timed(f"{tool}.train-sr", sr + SMOKE_SR * a.smoke, env, a.logs),
+         "first render": run_timed(f"{tool}.render", [*cli, "render", "--run", str(run), "--num-images", "1",
                                    "--out", str(work / "first"), f"a [V] {a.cls} on the beach"], env, a.logs)}
     return t, run, json.loads((run / "run.json").read_text())["identifier"]
 
@@ -213,7 +221,8 @@ def _fmt_parts(t: dict) -> str:
 
 
 def write_results(out: Path, results: dict) -> None:
-    for tool, kind in (("cascade-booth", "pretrained"), ("diffusers-pretrained", "class")):  # untrained cascades
+    untrained = {"cascade-booth": "pretrained", "cascade-booth-short": "pretrained", "diffusers-pretrained": "class"}
+    for tool, kind in untrained.items():  # each tool's untrained cascade, where its renders are kept
         if tool in results["tools"]:
             for key, q in (("baseline_dino", "quality"), ("baseline32_dino", "quality32")):
                 if q in results["tools"][tool]:
@@ -289,13 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     for tool in [t for t in TOOLS if t in a.only.split(",") or t == "cascade-booth"]:
         if "quality" in results["tools"].get(tool, {}):
             continue  # done in an earlier call
-        work = out / tool
-        if tool == "cascade-booth":
-            timings, run, ident = cascade_booth(a, photos, work, env)
+        work, env = out / tool, env_for(a.threads, out / "cache" / tool)
+        if tool.startswith("cascade-booth"):
+            timings, run, ident = cascade_booth(a, tool, photos, work, env)
             subprocess.run([sys.executable, "-m", "cascade_booth.cli", "world", "score", "--run", str(run), "--subject",
                             str(photos), "--out", str(work / "quality"), "--num-images", str(a.images)], env=env,
                            check=True, stdout=subprocess.DEVNULL)
-            results["identifier"] = ident
+            results.setdefault("identifier", ident)
         else:
             ident = json.loads((out / "cascade-booth" / "run" / "run.json").read_text())["identifier"]
             timings = diffusers(a, tool, photos, work, ident, env)
@@ -306,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         write_results(out, results)
     for tool in results["tools"]:  # stage one's own output, where a 32 px subject is read without SR noise
         if "quality32" not in results["tools"][tool]:
+            env = env_for(a.threads, out / "cache" / tool)
             results["tools"][tool]["quality32"] = quality32(a, tool, out, photos, env)
             write_results(out, results)
     print((out / "results.md").read_text())
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
 def quality32(a: argparse.Namespace, tool: str, out: Path, photos: Path, env: dict) -> dict:
     """Stage one alone: every [V] and class prompt, 4 images each, at 32 px, read back like the 128 px set."""
     work, folder = out / tool, out / tool / "quality32"
-    if tool == "cascade-booth":
+    if tool.startswith("cascade-booth"):
         subprocess.run([sys.executable, "-m", "cascade_booth.cli", "world", "score", "--run", str(work / "run"),
                         "--subject", str(photos), "--out", str(folder), "--num-images", "4", "--no-sr"], env=env,
                        check=True, stdout=subprocess.DEVNULL)
