@@ -1,7 +1,8 @@
-"""Where a stage-one step's time goes on the world UNet (issue 14): our trainer's step against a
+"""Where a training step's time goes on the world UNets (issue 14): our trainer's step against a
 diffusers-style step on the very same UNet, LoRA and batches.
 
     python tools/profile_world_step.py --subject build/bench-world/subject --steps 60
+    python tools/profile_world_step.py --stage-two build/bench-world/cascade-booth/run --steps 60
 
 Prepares stage one exactly as ``train-base --config world`` does (class images from the cache, or made),
 then times, interleaved in rounds so that a neighbour's load falls on every variant alike:
@@ -12,6 +13,10 @@ then times, interleaved in rounds so that a neighbour's load falls on every vari
 - ``diffusers-style``: the loop of diffusers' ``train_dreambooth_lora.py`` on the same batches: epsilon
   MSE on the first 3 output channels, instance and prior halves averaged, backward, clip, AdamW.
 
+``--stage-two RUN`` does the same for ``train-sr --config world`` on a copy of RUN (stage one done), where
+the diffusers-style step is their ``--class_labels_conditioning timesteps`` loop: the noisy target
+concatenated with itself, the timesteps as class labels, no prior half.
+
 Prints seconds per step (median of the rounds) and, with ``--profile``, the top operators of each variant.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,7 +37,7 @@ from cascade_booth.condcache import cache_text_conditioning, uncache_text_condit
 from cascade_booth.config import load_config
 from cascade_booth.session import TrainRequest
 from cascade_booth.trainer import Callbacks, _Run
-from stages import base
+from stages import base, sr
 
 
 def diffusers_style_step(job, opt, batch, gen: torch.Generator) -> None:
@@ -44,27 +50,58 @@ def diffusers_style_step(job, opt, batch, gen: torch.Generator) -> None:
     pred, _ = pred.chunk(2, dim=1)
     inst, prior = pred.chunk(2), noise.chunk(2)
     loss = F.mse_loss(inst[0], prior[0]) + F.mse_loss(inst[1], prior[1])
+    _update(job, opt, loss)
+
+
+def diffusers_style_sr_step(job, opt, batch, gen: torch.Generator) -> None:
+    """diffusers' DreamBooth loop for IF stage II: the noisy target twice along channels, t as class labels."""
+    x0, text = batch.x0, batch.text
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, job.scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+    noisy = job.scheduler.add_noise(x0, noise, t)
+    pred = job.unet(torch.cat([noisy, noisy], dim=1), t, encoder_hidden_states=text, class_labels=t,
+                    return_dict=False)[0]
+    _update(job, opt, F.mse_loss(pred.chunk(2, dim=1)[0], noise))
+
+
+def _update(job, opt, loss: torch.Tensor) -> None:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(job.params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
+def prepare(a: argparse.Namespace, tmp: Path):
+    """(stage, job, its config, the diffusers-style step) as ``train-base`` / ``train-sr --config world`` build them."""
+    if a.stage_two:
+        run = tmp / "run"
+        shutil.copytree(a.stage_two, run, ignore=shutil.ignore_patterns("sr", ".lock"))
+        meta = json.loads((run / "run.json").read_text())
+        meta.get("stages", {}).pop("sr", None)
+        (run / "run.json").write_text(json.dumps(meta))
+        stage = sr.prepare(sr.SRRequest(run=run, config="world"))
+        return stage, stage.config.sr, diffusers_style_sr_step
+    noun = a.class_noun or json.loads((a.subject / "subject.json").read_text())["class"]
+    stage = base.prepare(TrainRequest(subject=a.subject, class_noun=noun, run=tmp / "run", config=load_config("world")))
+    return stage, stage.config.base, diffusers_style_step
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--subject", type=Path, required=True)
+    p.add_argument("--subject", type=Path, help="stage one: a world subject folder")
+    p.add_argument("--stage-two", type=Path, metavar="RUN", help="stage two, on a copy of this run (stage one done)")
     p.add_argument("--class-noun", default=None, help="default: the subject.json's class")
     p.add_argument("--steps", type=int, default=60, help="steps per variant, in rounds of 10")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()
+    if (a.subject is None) == (a.stage_two is None):
+        p.error("give --subject (stage one) or --stage-two RUN")
     torch.set_num_threads(a.threads)
-    noun = a.class_noun or json.loads((a.subject / "subject.json").read_text())["class"]
     with tempfile.TemporaryDirectory() as tmp:
-        req = TrainRequest(subject=a.subject, class_noun=noun, run=Path(tmp) / "run", config=load_config("world"))
-        ctx, job, cfg = base.prepare(req)
-        run = _Run(job, cfg.base, Path(tmp) / "ckpt", cfg.seed, Callbacks())
-        opt = torch.optim.AdamW(job.params, lr=cfg.base.lr)
+        (ctx, job, cfg), stage_cfg, diffusers_step = prepare(a, Path(tmp))
+        run = _Run(job, stage_cfg, Path(tmp) / "ckpt", cfg.seed, Callbacks())
+        opt = torch.optim.AdamW(job.params, lr=stage_cfg.lr)
         gen = torch.Generator().manual_seed(0)
         times: dict[str, list[float]] = {"cascade-booth": [], "no text cache": [], "diffusers-style": []}
         step = 0
@@ -75,7 +112,7 @@ def main() -> None:
             t0 = time.perf_counter()
             for _ in range(10):
                 if name == "diffusers-style":
-                    diffusers_style_step(job, opt, job.batch(step, gen), gen)
+                    diffusers_step(job, opt, job.batch(step, gen), gen)
                 else:
                     run.step(step)
                 step += 1
