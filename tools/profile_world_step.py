@@ -40,13 +40,17 @@ from cascade_booth.trainer import Callbacks, _Run
 from stages import base, sr
 
 
-def diffusers_style_step(job, opt, batch, gen: torch.Generator) -> None:
-    """diffusers' DreamBooth LoRA loop for IF: epsilon loss only, prior half weighted 1."""
-    x0, text = batch.x0, batch.text
+def _noised(job, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise, t, noisy x0) drawn the way diffusers' loop draws them."""
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, job.scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
-    noisy = job.scheduler.add_noise(x0, noise, t)
-    pred = job.unet(noisy, t, encoder_hidden_states=text, return_dict=False)[0]
+    return noise, t, job.scheduler.add_noise(x0, noise, t)
+
+
+def diffusers_style_step(job, opt, batch, gen: torch.Generator) -> None:
+    """diffusers' DreamBooth LoRA loop for IF: epsilon loss only, prior half weighted 1."""
+    noise, t, noisy = _noised(job, batch.x0, gen)
+    pred = job.unet(noisy, t, encoder_hidden_states=batch.text, return_dict=False)[0]
     pred, _ = pred.chunk(2, dim=1)
     inst, prior = pred.chunk(2), noise.chunk(2)
     loss = F.mse_loss(inst[0], prior[0]) + F.mse_loss(inst[1], prior[1])
@@ -55,11 +59,8 @@ def diffusers_style_step(job, opt, batch, gen: torch.Generator) -> None:
 
 def diffusers_style_sr_step(job, opt, batch, gen: torch.Generator) -> None:
     """diffusers' DreamBooth loop for IF stage II: the noisy target twice along channels, t as class labels."""
-    x0, text = batch.x0, batch.text
-    noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, job.scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
-    noisy = job.scheduler.add_noise(x0, noise, t)
-    pred = job.unet(torch.cat([noisy, noisy], dim=1), t, encoder_hidden_states=text, class_labels=t,
+    noise, t, noisy = _noised(job, batch.x0, gen)
+    pred = job.unet(torch.cat([noisy, noisy], dim=1), t, encoder_hidden_states=batch.text, class_labels=t,
                     return_dict=False)[0]
     _update(job, opt, F.mse_loss(pred.chunk(2, dim=1)[0], noise))
 
@@ -75,10 +76,8 @@ def prepare(a: argparse.Namespace, tmp: Path):
     """(stage, job, its config, the diffusers-style step) as ``train-base`` / ``train-sr --config world`` build them."""
     if a.stage_two:
         run = tmp / "run"
+        # without its stage-two folder the copy trains stage two afresh (run.json's record matters on --resume only)
         shutil.copytree(a.stage_two, run, ignore=shutil.ignore_patterns("sr", ".lock"))
-        meta = json.loads((run / "run.json").read_text())
-        meta.get("stages", {}).pop("sr", None)
-        (run / "run.json").write_text(json.dumps(meta))
         stage = sr.prepare(sr.SRRequest(run=run, config="world"))
         return stage, stage.config.sr, diffusers_style_sr_step
     noun = a.class_noun or json.loads((a.subject / "subject.json").read_text())["class"]
