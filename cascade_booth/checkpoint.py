@@ -1,6 +1,7 @@
 """Training checkpoints as safetensors + JSON only (nothing pickled), written atomically.
 
-``step-N/`` holds the trainable weights, the optimizer moments, the LR schedule, the step and the
+``step-N/`` holds the trainable weights (and ``extras.safetensors``: a job's tensors outside the UNet,
+``trainer.Extra``), the optimizer moments, the LR schedule, the step and the
 count of skipped (non-finite) steps. The data order and every random draw are functions of
 (seed, step), so these are all a resume needs to continue bit-for-bit.
 
@@ -35,6 +36,7 @@ from cascade_booth.safeload import load_state_dict
 # Fault-injection point for tests: called with each file's path right after it is written, then with
 # the COMPLETE marker, then with the checkpoint folder once it is renamed into place.
 WRITE_HOOK: Callable[[Path], None] | None = None
+EXTRAS = "extras.safetensors"
 
 
 class CheckpointWriteError(RunError):
@@ -104,8 +106,9 @@ def save(
     ``scaler`` (fp16's grad scaler) is saved too: its loss scale decides how gradients round.
     """
     weights = trainable_state(job.unet, cfg.full)
+    extras = extra_state(job.extras)
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    check_finite(weights, f"{job.name}: the weights at step {step}")
+    check_finite(weights | extras, f"{job.name}: the weights at step {step}")
     check_finite(tensors, f"{job.name}: the optimizer moments at step {step}")
     trainer = {"step": step, "bad_steps": bad_steps, "schedule": schedule.state_dict(), "optimizer": meta,
                "scaler": scaler.state_dict() if scaler is not None else None}
@@ -114,13 +117,16 @@ def save(
         with new_checkpoint(root, step, cfg.keep_checkpoints, on_write=_written) as tmp:
             save_file(weights, str(tmp / "weights.safetensors"))
             _written(tmp / "weights.safetensors")
+            if extras:
+                save_file(extras, str(tmp / EXTRAS))
+                _written(tmp / EXTRAS)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             _written(tmp / "optimizer.safetensors")
             (tmp / "trainer.json").write_text(json.dumps(trainer, default=_jsonable))
             _written(tmp / "trainer.json")
     except WRITE_ERRORS as err:
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        needed = file_bytes([*weights.values(), *tensors.values()])
+        needed = file_bytes([*weights.values(), *extras.values(), *tensors.values()])
         raise CheckpointWriteError(
             f"could not write checkpoint step-{step} in {root}: {reason(err)}; {kept}; {space_note(root, needed)}. "
             "Free some disk space and run again with --resume."
@@ -128,11 +134,19 @@ def save(
     return root / f"step-{step}"
 
 
-def save_final(root: Path, step: int, unet: torch.nn.Module, cfg: StageConfig) -> Path:
+def extra_state(extras: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``trainer.Extra`` tensors by name, copied to the CPU (what ``EXTRAS`` holds)."""
+    return {name: e.param.detach().cpu().contiguous() for name, e in extras.items()}
+
+
+def save_final(root: Path, step: int, unet: torch.nn.Module, cfg: StageConfig,
+               extras: Mapping[str, Any] | None = None) -> Path:
     """The trained weights alone as checkpoint ``root/step-<step>``, marked final (no optimizer state)."""
     weights = trainable_state(unet, cfg.full)
     with new_checkpoint(root, step, cfg.keep_checkpoints, on_write=_written) as tmp:
         save_file(weights, str(tmp / "weights.safetensors"))
+        if extras:
+            save_file(extra_state(extras), str(tmp / EXTRAS))
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "bad_steps": 0, "final": True}))
     return root / f"step-{step}"
 
@@ -162,6 +176,19 @@ def _check_shapes(folder: Path, unet: torch.nn.Module, state: dict[str, torch.Te
     )
 
 
+def _restore_extras(folder: Path, extras: Mapping[str, Any]) -> None:
+    """Copy the checkpoint's ``EXTRAS`` into the job's; a checkpoint of another setting is refused by name."""
+    path = folder / EXTRAS
+    saved = load_state_dict(path) if path.exists() else {}
+    if set(saved) != set(extras) or any(saved[k].shape != extras[k].param.shape for k in saved):
+        raise RunError(f"{folder} holds {sorted(saved) or 'no'} trained tensors outside the UNet, this run trains "
+                       f"{sorted(extras) or 'none'}: identifier.offset_lr changed, which cannot be resumed; start "
+                       "over with --force")
+    with torch.no_grad():
+        for name, value in saved.items():
+            extras[name].param.copy_(value)
+
+
 def restore(root: Path, job, optimizer, full: bool, scaler=None) -> Restored | None:
     """Load the newest complete checkpoint into job/optimizer (and fp16's scaler); None if there is none.
 
@@ -181,6 +208,7 @@ def restore(root: Path, job, optimizer, full: bool, scaler=None) -> Restored | N
         raise RunError(f"{folder}: checkpoint cannot be read ({err}); delete it to resume from an older one") from None
     _check_shapes(folder, job.unet, weights, full)
     load_trainable_state(job.unet, weights, full)
+    _restore_extras(folder, job.extras)
     if final:
         return Restored(int(trainer["step"]), 0, folder, final=True)
     optimizer.load_state_dict(opt_state)

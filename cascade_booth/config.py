@@ -40,11 +40,16 @@ class ModelConfig:
 
 @dataclass
 class IdentifierConfig:
-    """Rare-token identifier [V] (paper section 4.2): T5 rank range and maximum length."""
+    """Rare-token identifier [V] (paper section 4.2): T5 rank range and maximum length.
+
+    ``offset_lr`` > 0: stage one also learns an offset on [V]'s text states, at this learning rate
+    (``cascade_booth.identifier_offset``); 0 keeps the paper's fixed token.
+    """
 
     rank_min: int = 5000
     rank_max: int = 10000
     max_chars: int = 3
+    offset_lr: float = 0.0
 
 
 @dataclass

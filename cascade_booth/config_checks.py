@@ -49,7 +49,8 @@ POSITIVE, NON_NEGATIVE = Range(1), Range(0)
 # cannot ship without a range.
 RANGES: dict[str, dict[str, Range]] = {
     "Config": {"seed": Range(0, 2**63 - 1)},  # what torch generators take; numpy refuses negative seeds
-    "IdentifierConfig": {"rank_min": NON_NEGATIVE, "rank_max": POSITIVE, "max_chars": POSITIVE},
+    "IdentifierConfig": {"rank_min": NON_NEGATIVE, "rank_max": POSITIVE, "max_chars": POSITIVE,
+                         "offset_lr": Range(0, 1, hint=" (0: the paper's fixed identifier)")},
     "PriorConfig": {
         "weight": Range(0, open_low=True, hint=" (to train without class images, turn the prior off: --no-prior)"),
         "class_images": POSITIVE, "sample_steps": POSITIVE, "guidance": NON_NEGATIVE, "batch_size": POSITIVE,

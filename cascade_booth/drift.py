@@ -52,6 +52,8 @@ def learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
     if stage == "base":  # the class images are part of stage one's training data, when the prior is on
         prior = {**defaults["prior"], **(config.get("prior") or {})}
         out["prior"] = prior if prior["enabled"] else {"enabled": False}
+        identifier = {**defaults["identifier"], **(config.get("identifier") or {})}
+        out["identifier_offset_lr"] = identifier["offset_lr"]  # what [V]'s learned offset trains at (0: none)
     return out
 
 

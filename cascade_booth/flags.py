@@ -71,6 +71,9 @@ TABLE: tuple[Flag, ...] = (
          stages=("base",)),
     Flag("--prior-weight", ("prior.weight",), "lambda in the prior-preservation loss (default 1).", stages=("base",)),
     Flag("--class-images", ("prior.class_images",), "How many class images to generate/use.", stages=("base",)),
+    Flag("--identifier-lr", ("identifier.offset_lr",),
+         "Also learn an offset on [V]'s text states at this learning rate (0: the paper's fixed token). "
+         "Overrides [identifier] offset_lr.", stages=("base",)),
     Flag("--noise-level", ("sr.noise_level",), "Noise-augmentation level of the 64 px input (0-999).",
          stages=("sr",)),
     Flag("--prompt", ("sr.prompt",), "Training prompt.", stages=("sr",)),

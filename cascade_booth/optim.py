@@ -106,9 +106,10 @@ class InBackwardAdamW(torch.optim.Optimizer):
             self.state[p] = {k: v.to(device=p.device, dtype=self.state_dtype) for k, v in slots.items()}
 
 
-def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, device: torch.device
+def make_optimizer(name: str, params: Sequence[torch.nn.Parameter] | list[dict], lr: float, device: torch.device
                    ) -> torch.optim.Optimizer:
-    """The optimizer a stage config names; AdamW is fused on CUDA (one kernel for all tensors)."""
+    """The optimizer a stage config names, over parameters or param groups (a group's ``lr`` wins over ``lr``);
+    AdamW is fused on CUDA (one kernel for all tensors)."""
     if name == "adamw-in-backward":
         return InBackwardAdamW(params, lr=lr, weight_decay=1e-2)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=device.type == "cuda")

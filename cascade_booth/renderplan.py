@@ -13,15 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cascade_booth.config import Config, from_dict
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.handoff import check_sr_model, finished_stage_one, text_model_path
 from cascade_booth.identifier import PLACEHOLDER, class_prompt, fill_identifier
+from cascade_booth.identifier_offset import OFFSET_FILE, identifier_mask
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.models import resolve_model
 from cascade_booth.promptfile import prompt_lines
 from cascade_booth.runfolder import RunFolder
-from cascade_booth.text import check_prompts, load_tokenizer
+from cascade_booth.text import MAX_LENGTH, check_prompts, load_tokenizer
 from cascade_booth.writable import check_cache, check_writable
 
 Warn = Callable[[str], None]
@@ -66,6 +69,7 @@ class StagePlan:
     start: str = "noise"  # stage two's first sample (config.RenderConfig.sr_start)
     strength: float = 1.0  # with start "input": the fraction of its steps that run (config.RenderConfig.sr_strength)
     variance_type: str | None = None  # the scheduler's, once sampled (learned_range or fixed_small)
+    offset: Path | None = None  # stage one's learned identifier offset (identifier_offset), if the run has one
 
     @property
     def sr(self) -> bool:
@@ -87,6 +91,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # per prompt: "instance" ([V]) or "class"; empty: all instance
     text_model: Path | None = None  # stage one's folder: its T5 encodes the prompts of both stages
+    identifier_masks: list[torch.Tensor] | None = None  # with base.offset: [V]'s token positions per prompt
 
 
 def read_prompts(req: RenderRequest) -> list[str]:
@@ -121,9 +126,13 @@ def _weights(run: RunFolder, name: str, record: dict[str, Any]) -> Path:
 
 def plan_base(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderRequest) -> StagePlan:
     record = finished_stage_one(run, meta)
+    offset = run.stage_dir("base") / OFFSET_FILE if OFFSET_FILE in record.get("files", []) else None
+    if offset is not None and not offset.exists():
+        raise RunError(f"{run.path}: run.json says stage 'base' finished but {offset} is missing")
     return StagePlan("base", meta["models"]["base"], _stage_model(record, meta["models"]["base"], 1),
                      _weights(run, "base", record), record.get("variance", "learned"),
-                     req.steps or cfg.render.steps, cfg.render.guidance if req.guidance is None else req.guidance)
+                     req.steps or cfg.render.steps, cfg.render.guidance if req.guidance is None else req.guidance,
+                     offset=offset)
 
 
 def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderRequest, notes: list[str]
@@ -236,9 +245,12 @@ def plan_render(req: RenderRequest) -> Plan:
     base = plan_base(run, meta, cfg, req)
     sr = plan_sr(run, meta, cfg, req, notes)
     upscaler = plan_upscaler(cfg, req)
-    notes += check_prompts(load_tokenizer(text_model_path(meta)), templates, prompts)  # before any model loads
+    tokenizer = load_tokenizer(text_model_path(meta))
+    notes += check_prompts(tokenizer, templates, prompts)  # before any model loads
+    masks = None if base.offset is None else [identifier_mask(tokenizer, t, meta["identifier"], MAX_LENGTH)
+                                              for t in templates]
     out = Path(req.out) if req.out is not None else run.path / "renders"
     check_writable(out, "--out" if req.out is not None else "render folder")
     check_cache()
     return Plan(run, meta, templates, prompts, out, num_images, req.seed, base, sr, upscaler, notes, kinds,
-                text_model_path(meta))
+                text_model_path(meta), masks)

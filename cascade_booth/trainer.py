@@ -53,10 +53,20 @@ class Batch:
     low_res: torch.Tensor | None = None  # stage two: the 64 px input
 
 
+@dataclass
+class Extra:
+    """A trained tensor outside the UNet (stage one's identifier offset) at its own learning rate. Checkpoints
+    keep it beside the UNet's weights; the stage writes it as ``<name>.safetensors`` (``stages.common``)."""
+
+    param: torch.nn.Parameter
+    lr: float
+
+
 class Job(Protocol):
     name: str
     unet: torch.nn.Module
-    params: list[torch.nn.Parameter]
+    params: list[torch.nn.Parameter]  # the UNet's trained parameters
+    extras: dict[str, Extra]
     prior_weight: float
 
     def batch(self, index: int, generator: torch.Generator) -> Batch: ...
@@ -106,16 +116,17 @@ class _Interrupt(StopSignals):
         self.signal, self._at = signum, time.monotonic()
 
 
-def _schedule(optimizer: torch.optim.Optimizer, cfg: StageConfig, updates: int) -> LambdaLR:
-    """The LR schedule after ``updates`` applied updates: linear warmup to ``cfg.lr``, then constant.
+def _schedule(optimizer: torch.optim.Optimizer, cfg: StageConfig, updates: int, extra_lrs: list[float]) -> LambdaLR:
+    """The LR schedule after ``updates`` applied updates: linear warmup to ``cfg.lr`` (each ``Extra``'s group
+    to its own lr, ``extra_lrs``), then constant.
 
     Built from the count alone (``last_epoch``), so a resume rebuilds it at the restored count, at the current
     ``cfg.lr`` (``--allow-drift`` may change it). A schedule that used cfg.steps (e.g. cosine decay to the end)
     would make a resume that raises steps differ from a straight run: session.check_resume would then refuse it.
     """
     warmup = max(cfg.warmup_steps, 1)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = cfg.lr  # what LambdaLR scales; required to start it past step 0
+    for group, lr in zip(optimizer.param_groups, [cfg.lr, *extra_lrs], strict=True):
+        group["initial_lr"] = lr  # what LambdaLR scales; required to start it past step 0
     return LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup), last_epoch=updates - 1)
 
 
@@ -132,10 +143,15 @@ class _Run:
             raise InputError("; ".join(problems))
         if cfg.gradient_checkpointing:
             job.unet.enable_gradient_checkpointing()
-        self.inner = make_optimizer(cfg.optimizer, job.params, cfg.lr, self.acc.device)
-        self.schedule = _schedule(self.inner, cfg, updates=0)
+        groups = [{"params": job.params}] + [{"params": [e.param], "lr": e.lr} for e in job.extras.values()]
+        self.inner = make_optimizer(cfg.optimizer, groups, cfg.lr, self.acc.device)
+        self.schedule = _schedule(self.inner, cfg, 0, [e.lr for e in job.extras.values()])
         self.unet, self.optimizer = self.acc.prepare(job.unet, self.inner)
-        self.update = make_update(self.acc, self.unet, self.optimizer, job.params, cfg.max_grad_norm)
+        trained = job.params + [e.param for e in job.extras.values()]  # one global norm clips them all
+        self.update = make_update(self.acc, self.unet, self.optimizer, trained, cfg.max_grad_norm)
+        if job.extras and isinstance(self.update, DeepSpeedUpdate):
+            raise InputError(f"{', '.join(job.extras)}: trained outside the UNet, which DeepSpeed's engine does not "
+                             "hold; set identifier.offset_lr = 0 under DeepSpeed")
         if cfg.compile:  # 1.8x faster IF-I-XL LoRA steps on an H100 (tools/gpu-results.md); slow first step
             uncache_text_conditioning(job.unet)  # its row lookups would break the graph (measured without it)
             self.unet = torch.compile(self.unet)
@@ -153,7 +169,7 @@ class _Run:
                                "write them, or start over with --force")
             return found.step, f"resume: final weights kept in {found.folder.name}"
         self.bad_steps = found.bad_steps
-        self.schedule = _schedule(self.inner, self.cfg, found.updates)
+        self.schedule = _schedule(self.inner, self.cfg, found.updates, [e.lr for e in self.job.extras.values()])
         return found.step, f"resume: continuing from step {found.step} ({found.folder})"
 
     def step(self, step: int) -> None:
@@ -174,6 +190,10 @@ class _Run:
                     per_sample = job.losses(self.unet, batch, gen)  # [B]: one loss per sample
                 loss = prior_weighted_mean(per_sample, batch.is_prior, job.prior_weight) / accum
                 acc.backward(loss)
+            if sync and acc.num_processes > 1:  # DDP all-reduces the UNet's gradients only
+                for e in job.extras.values():
+                    if e.param.grad is not None:
+                        e.param.grad = acc.reduce(e.param.grad, reduction="mean")
             total += loss.detach().float()
         loss = acc.reduce(torch.as_tensor(total, device=acc.device), reduction="mean").item()  # same on all ranks
         problem = self.update.apply(loss)  # clip and step, or why not; the gradients are zeroed either way

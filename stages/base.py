@@ -2,12 +2,14 @@
 
 Instance prompt "a [V] <class noun>" on the subject photos; class prompt "a <class noun>" on class
 images the frozen model generated. Each batch holds ``batch_size`` of each; the loss is the
-instance mean plus ``prior.weight`` times the class mean (``losses.prior_weighted_mean``).
+instance mean plus ``prior.weight`` times the class mean (``losses.prior_weighted_mean``). With
+``identifier.offset_lr`` > 0 the instance prompt's states also carry a learned offset at [V]'s tokens
+(``cascade_booth.identifier_offset``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,12 +17,14 @@ import torch
 from cascade_booth import parallel
 from cascade_booth.devices import device
 from cascade_booth.diffusion import training_losses
+from cascade_booth.identifier import instance_template
+from cascade_booth.identifier_offset import OFFSET_NAME, IdentifierOffset, identifier_mask
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.prior import class_images
 from cascade_booth.safeload import pickles
 from cascade_booth.session import RunContext, TrainRequest, open_run
-from cascade_booth.text import TextEmbeddings
-from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
+from cascade_booth.text import TextEmbeddings, load_tokenizer
+from cascade_booth.trainer import Batch, Callbacks, Extra, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
 from stages.common import EpochOrder, PreparedStage, load_unet, open_rgb, stack_images, train_prepared
 
@@ -44,6 +48,9 @@ class BaseJob:
     seed: int
     x0_weight_cap: float = 1.0
     name: str = NAME
+    offset: IdentifierOffset | None = None  # identifier.offset_lr > 0: added at [V]'s tokens (identifier_mask)
+    identifier_mask: torch.Tensor | None = None  # [77] bool
+    extras: dict[str, Extra] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._inst_order = EpochOrder(len(self.instance), derive_seed(self.seed, "instance-order"))
@@ -52,7 +59,8 @@ class BaseJob:
 
     def batch(self, index: int, generator: torch.Generator) -> Batch:
         idx = self._inst_order.take(index * self.batch_size, self.batch_size)
-        x0, text = [self.instance[idx]], [self.instance_text.expand(len(idx), -1, -1)]
+        text_i = self.instance_text if self.offset is None else self.offset(self.instance_text, self.identifier_mask)
+        x0, text = [self.instance[idx]], [text_i.expand(len(idx), -1, -1)]
         is_prior = [torch.zeros(len(idx), dtype=torch.bool)]
         if self.class_images is not None:
             cidx = self._class_order.take(index * self.batch_size, self.batch_size)
@@ -103,12 +111,21 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
         class_tensor = stack_images([open_rgb(p) for p in paths], resolution)
         class_text = texts.get(ctx.meta["class_prompt"])
     unet, params = load_unet(model_path, cfg.base, dev, cfg.seed)
+    instance_text = texts.get(ctx.meta["instance_prompt"])
+    offset = mask = None
+    extras: dict[str, Extra] = {}
+    if cfg.identifier.offset_lr > 0:
+        offset = IdentifierOffset(instance_text.shape[-1]).to(dev)
+        mask = identifier_mask(load_tokenizer(model_path), instance_template(ctx.meta["class_noun"]),
+                               ctx.identifier, instance_text.shape[0])
+        extras = {OFFSET_NAME: Extra(offset.offset, cfg.identifier.offset_lr)}
     return BaseJob(
         unet=unet, params=params, scheduler=DDPMScheduler.from_pretrained(model_path / "scheduler"),
         instance=stack_images([i.image for i in ctx.images], resolution),
-        instance_text=texts.get(ctx.meta["instance_prompt"]), class_images=class_tensor, class_text=class_text,
+        instance_text=instance_text, class_images=class_tensor, class_text=class_text,
         batch_size=cfg.base.batch_size, prior_weight=cfg.prior.weight if cfg.prior.enabled else 0.0,
         variance=cfg.base.variance, seed=cfg.seed, x0_weight_cap=cfg.base.x0_weight_cap,
+        offset=offset, identifier_mask=mask, extras=extras,
     )
 
 
@@ -126,6 +143,9 @@ def make_validator(ctx: RunContext, job: BaseJob, model_path: Path, cfg):
     texts = TextEmbeddings(model_path, cache_dir())
     prompts = validation_prompts(ctx)
     texts.ensure(prompts + [""])
+    masks = None
+    if job.offset is not None:  # every validation prompt starts with the instance prompt, [V] at its place
+        masks = job.identifier_mask.expand(len(prompts), -1)
 
     def validate(unet, step: int) -> None:
         dev, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
@@ -133,7 +153,10 @@ def make_validator(ctx: RunContext, job: BaseJob, model_path: Path, cfg):
         gen = torch.Generator().manual_seed(cfg.seed)
         was_training = unet.training
         unet.eval()
-        images = sample_base(unet, scheduler, texts.stack(prompts).to(dev, dtype),
+        text = texts.stack(prompts)
+        with torch.no_grad():
+            text = text if masks is None else job.offset(text, masks)
+        images = sample_base(unet, scheduler, text.to(dev, dtype),
                              texts.stack([""] * len(prompts)).to(dev, dtype), cfg.render.guidance, gen)
         unet.train(was_training)
         with atomic_path(ctx.run.stage_dir(NAME) / "validation" / f"step-{step}.png") as tmp:

@@ -10,12 +10,13 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from cascade_booth import checkpoint as ckpt
 from cascade_booth import parallel
@@ -29,7 +30,7 @@ from cascade_booth.losslog import LossLog
 from cascade_booth.runfolder import RunFolder, WriteError, checkpoint_steps
 from cascade_booth.safeload import load_pretrained
 from cascade_booth.session import RunContext
-from cascade_booth.trainer import Callbacks, derive_seed, train
+from cascade_booth.trainer import Callbacks, Extra, derive_seed, train
 
 
 class EpochOrder:
@@ -108,7 +109,7 @@ def train_prepared(stage: PreparedStage, name: str, callbacks: Callbacks, resume
                              lambda: commit(ctx, name, job.unet, stage_cfg.full, clear=clear))
     try:
         trainer(job, stage_cfg, ctx.run.checkpoint_root(name), cfg.seed, resume, callbacks)
-        finish_stage(ctx, name, job.unet, stage_cfg, ctx.model_path, extra=extra)
+        finish_stage(ctx, name, job, stage_cfg, ctx.model_path, extra=extra)
     finally:
         release_space(ctx.run, name)
         ctx.run.unlock()
@@ -155,33 +156,41 @@ def release_space(run: RunFolder, name: str) -> None:
         release(_reserved(run, name))
 
 
-def save_stage_weights(unet: torch.nn.Module, folder: Path, full: bool) -> list[str]:
-    """Write the final adapter (or full UNet) into ``folder`` through a temporary folder."""
+def save_stage_weights(unet: torch.nn.Module, folder: Path, full: bool,
+                       extras: Mapping[str, Extra] | None = None) -> list[str]:
+    """Write the final adapter (or full UNet) into ``folder`` through a temporary folder; each ``Extra``
+    as ``<name>.safetensors`` (one tensor of that name) first. Returns the files, as run.json lists them."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=folder))
     try:
+        files = []
+        for name, tensor in ckpt.extra_state(extras or {}).items():
+            save_file({name: tensor}, str(tmp / f"{name}.safetensors"))
+            os.replace(tmp / f"{name}.safetensors", folder / f"{name}.safetensors")
+            files.append(f"{name}.safetensors")
         if full:
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             if (folder / "unet").exists():  # the old UNet goes only once the new one is complete
                 os.replace(folder / "unet", tmp / "old-unet")
             os.replace(tmp / "unet", folder / "unet")
-            return ["unet"]
+            return ["unet", *files]
         save_lora(unet, tmp)
         os.replace(tmp / LORA_WEIGHTS, folder / LORA_WEIGHTS)
-        return [LORA_WEIGHTS]
+        return [LORA_WEIGHTS, *files]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _kept_for_resume(ctx: RunContext, name: str, unet: torch.nn.Module, cfg: StageConfig, err: BaseException) -> str:
+def _kept_for_resume(ctx: RunContext, name: str, job, cfg: StageConfig, err: BaseException) -> str:
     """Why the final weights are not written, and where the trained weights wait for ``--resume``."""
+    unet = job.unet
     path = ctx.run.stage_dir(name) / ("unet" if cfg.full else LORA_WEIGHTS)
     head = failed(path, err, final_bytes(unet, cfg.full))
     root = ctx.run.checkpoint_root(name)
     steps = checkpoint_steps(root)
     if not steps or steps[-1] < cfg.steps:  # no checkpoint holds them (--checkpoint-every 0)
         try:
-            ckpt.save_final(root, cfg.steps, unet, cfg)
+            ckpt.save_final(root, cfg.steps, unet, cfg, job.extras)
             steps.append(cfg.steps)
         except WRITE_ERRORS as second:
             last = f"the last checkpoint step-{steps[-1]} is intact" if steps else "there is no earlier checkpoint"
@@ -190,17 +199,18 @@ def _kept_for_resume(ctx: RunContext, name: str, unet: torch.nn.Module, cfg: Sta
             "same command with --resume to write them (nothing is trained again)")
 
 
-def finish_stage(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
+def finish_stage(ctx: RunContext, name: str, job, cfg: StageConfig, model_path: Path, extra: dict) -> None:
     """Write the final weights and mark the stage done: on the main process; the others wait for it."""
-    parallel.main_first(lambda: _finish(ctx, name, unet, cfg, model_path, extra), lambda: None)
+    parallel.main_first(lambda: _finish(ctx, name, job, cfg, model_path, extra), lambda: None)
 
 
-def _finish(ctx: RunContext, name: str, unet, cfg: StageConfig, model_path: Path, extra: dict) -> None:
+def _finish(ctx: RunContext, name: str, job, cfg: StageConfig, model_path: Path, extra: dict) -> None:
     release_space(ctx.run, name)  # held for exactly this write
+    unet = job.unet
     try:
-        files = save_stage_weights(unet, ctx.run.stage_dir(name), cfg.full)
+        files = save_stage_weights(unet, ctx.run.stage_dir(name), cfg.full, job.extras)
     except WRITE_ERRORS as err:
-        raise WriteError(_kept_for_resume(ctx, name, unet, cfg, err), err) from None
+        raise WriteError(_kept_for_resume(ctx, name, job, cfg, err), err) from None
     meta = ctx.run.read()
     meta.setdefault("stages", {})[name] = {
         "done": True, "steps": cfg.steps, "model_path": str(model_path), "files": files,

@@ -39,7 +39,7 @@ from cascade_booth.runfolder import RunFolder, checkpoint_steps
 from cascade_booth.safeload import pickles
 from cascade_booth.session import RunContext, load_subject, lock_stage, subject_fingerprint
 from cascade_booth.text import TextEmbeddings
-from cascade_booth.trainer import Batch, Callbacks, derive_seed, train
+from cascade_booth.trainer import Batch, Callbacks, Extra, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
 from stages.common import EpochOrder, PreparedStage, load_unet, stack_images, train_prepared
 
@@ -83,6 +83,7 @@ class SRJob:
     prior_weight: float = 0.0
     x0_weight_cap: float = 1.0
     name: str = NAME
+    extras: dict[str, Extra] = field(default_factory=dict)  # stage two trains the UNet alone
 
     def __post_init__(self) -> None:
         self._order = EpochOrder(len(self.targets), derive_seed(self.seed, "sr-order"))

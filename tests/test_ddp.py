@@ -37,6 +37,8 @@ seed = 0
 base = "tiny"
 sr = "tiny"
 upscaler = "none"
+[identifier]
+offset_lr = 1e-2  # a tensor outside the UNet: DDP does not all-reduce it, the trainer must
 [prior]
 class_images = 3  # one image per group, 3 groups: rank 0 gets groups 0 and 2, rank 1 group 1
 sampler = "dpm++"
@@ -82,6 +84,10 @@ def _losses(folder: Path) -> list[float]:
 
 def _assert_close_weights(a: Path, b: Path) -> None:
     wa, wb = (load_file(str(folder / "pytorch_lora_weights.safetensors")) for folder in (a, b))
+    if (a / "identifier_offset.safetensors").exists():  # stage one's learned identifier offset
+        for w, folder in ((wa, a), (wb, b)):
+            w.update(load_file(str(folder / "identifier_offset.safetensors")))
+        assert wa["identifier_offset"].abs().max() > 1e-3
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6, msg=key)
@@ -99,6 +105,7 @@ def _one_process(tmp_path: Path, cache: Path, config: Path) -> Path:
         resumed = shutil.copytree(run, tmp_path / "resumed")
         shutil.rmtree(resumed / "base" / "checkpoints" / "step-3")
         (resumed / "base" / "pytorch_lora_weights.safetensors").unlink()
+        (resumed / "base" / "identifier_offset.safetensors").unlink()
         sr.run(sr.SRRequest(run=run, config=config))
     return run
 

@@ -33,8 +33,9 @@ def _other_value(cfg: Config, dotted: str) -> list[str]:
         return []  # a switch: its name is the value
     if isinstance(value, int):
         return [str(value + 1)]
-    if isinstance(value, float):  # half, unless that is out of range (a cap whose least value is the default)
-        return [str(value / 2 if range_of(type(getattr(cfg, section)), key).problem(value / 2) is None else value * 2)]
+    if isinstance(value, float):  # half, unless that is out of range (a cap whose least value is the default); 0: 0.5
+        valid = range_of(type(getattr(cfg, section)), key)
+        return [str(next(v for v in (value / 2, value * 2, 0.5) if v != value and valid.problem(v) is None))]
     options = choices_of(type(getattr(cfg, section)), key) if section else None
     return [next(o for o in options if o != value)] if options else ["some/model"]
 

@@ -183,6 +183,8 @@ def _drifted(tmp_path, what):
         cfg.base.lr = 2e-4
     elif what == "rank":
         cfg.base.lora_rank = 8
+    elif what == "offset":
+        cfg.identifier.offset_lr = 0.01
     else:
         extra["subject"] = shutil.copytree(SUBJECT, tmp_path / "subject")
         (extra["subject"] / "05.jpg").unlink()
@@ -192,7 +194,7 @@ def _drifted(tmp_path, what):
 @pytest.mark.parametrize(
     "what, line",
     [("seed", "seed: 0 -> 1"), ("lr", "config.lr: 0.0001 -> 0.0002"), ("rank", "config.lora_rank: 4 -> 8"),
-     ("subject", "subject_files.05.jpg: ")],
+     ("subject", "subject_files.05.jpg: "), ("offset", "identifier_offset_lr: 0.0 -> 0.01")],
 )
 def test_resume_with_drift_is_refused_with_a_diff(tmp_path, env, what, line):
     run = copy_run(tmp_path / "run")
@@ -217,6 +219,14 @@ def test_allow_drift_cannot_resume_a_different_rank(tmp_path, env):
     run = copy_run(tmp_path / "run")
     cfg, _ = _drifted(tmp_path, "rank")
     with pytest.raises(RunError, match=r"lora_rank or full fine-tuning changed.*even with --allow-drift"):
+        train(run, cfg, resume=True, allow_drift=True)
+
+
+def test_allow_drift_cannot_add_an_identifier_offset_to_a_run_without_one(tmp_path, env):
+    run = copy_run(tmp_path / "run")
+    cfg, _ = _drifted(tmp_path, "offset")
+    with pytest.raises(RunError, match=r"holds no trained tensors outside the UNet, this run trains "
+                                       r"\['identifier_offset'\]: identifier.offset_lr changed"):
         train(run, cfg, resume=True, allow_drift=True)
 
 

@@ -1,0 +1,143 @@
+"""The learned identifier offset (``identifier.offset_lr``, ``cascade_booth.identifier_offset``), on the tiny cascade.
+
+Checked by breaking it on purpose while writing: the offset left out of the optimizer, the render skipping
+it (or adding it to stage two), a checkpoint without it, a mask one token off.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from cascade_booth import runner
+from cascade_booth.errors import InputError
+from cascade_booth.identifier_offset import OFFSET_FILE, OFFSET_NAME, identifier_mask
+from cascade_booth.models import resolve_model
+from cascade_booth.runner import RenderRequest
+from cascade_booth.text import load_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = "a [V] clock in the jungle"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_model("tiny", 1))
+
+
+def _pieces(tokenizer, text: str, mask: torch.Tensor) -> list[str]:
+    ids = tokenizer(text, padding="max_length", max_length=len(mask), add_special_tokens=True).input_ids
+    return tokenizer.convert_ids_to_tokens([i for i, m in zip(ids, mask.tolist(), strict=True) if m])
+
+
+def test_mask_marks_the_identifier_pieces_wherever_v_stands(tokenizer):
+    mask = identifier_mask(tokenizer, PROMPT, "xqzvk", 77)
+    assert _pieces(tokenizer, "a xqzvk clock in the jungle", mask) == ["▁xq", "zvk"]  # two pieces, both marked
+    assert mask.nonzero().flatten().tolist() == [1, 2]
+    mask = identifier_mask(tokenizer, "[V] on a (xqzvk) table, [V] again", "xqzvk", 77)
+    assert _pieces(tokenizer, "xqzvk on a (xqzvk) table, xqzvk again", mask) == ["▁xq", "zvk"] * 2
+    assert mask.nonzero().flatten().tolist()[:2] == [0, 1]  # the first [V]; not the written-out word inside ()
+    assert not identifier_mask(tokenizer, "a clock in the jungle", "xqzvk", 77).any()  # a class prompt
+
+
+def test_mask_refuses_an_identifier_that_merges_with_its_neighbour(tokenizer):
+    assert tokenizer.tokenize("a xqzvk") != tokenizer.tokenize("a xqzv") + ["k"]  # "xqzv" + "k" reads differently
+    with pytest.raises(InputError, match="merges with the text around"):
+        identifier_mask(tokenizer, "a [V]k clock", "xqzv", 77)
+
+
+def _prepared(subject: Path, folder: Path, steps: int, **base):
+    from cascade_booth.session import TrainRequest
+    from stages.base import prepare
+
+    cfg = tiny_config(steps=steps, lr=1e-3, **base)
+    cfg.prior.enabled = False
+    cfg.identifier.offset_lr = 1e-2
+    ctx, job, _ = prepare(TrainRequest(subject=subject, class_noun="clock", run=folder, config=cfg))
+    ctx.run.unlock()
+    return job, cfg
+
+
+def test_a_step_moves_the_offset_at_its_own_learning_rate(clock_subject, tmp_path):
+    from cascade_booth.trainer import Callbacks, train
+
+    job, cfg = _prepared(clock_subject, tmp_path / "run", steps=1)
+    offset = job.extras[OFFSET_NAME].param
+    assert not offset.any() and job.identifier_mask.sum() == 1  # starts as the paper's [V]; one rare token
+    lrs = []
+    train(job, cfg.base, tmp_path / "ckpt", cfg.seed, False, Callbacks(on_step=lambda step, loss, lr: lrs.append(lr)))
+    # Adam's first step moves every coordinate by about its group's lr: 1e-2 here, not the LoRA's 1e-3
+    moved = offset.detach().abs()
+    assert lrs == [1e-3] and moved.min() > 5e-3 and moved.max() < 2e-2
+
+
+def test_resume_restores_the_offset_bitwise(clock_subject, tmp_path):
+    from cascade_booth.trainer import Callbacks, train
+
+    straight, cfg = _prepared(clock_subject, tmp_path / "a", steps=2, checkpoint_every=1)
+    train(straight, cfg.base, tmp_path / "a-ckpt", cfg.seed, False, Callbacks())
+    first, cfg1 = _prepared(clock_subject, tmp_path / "b", steps=1, checkpoint_every=1)
+    train(first, cfg1.base, tmp_path / "b-ckpt", cfg1.seed, False, Callbacks())
+    assert (tmp_path / "b-ckpt" / "step-1" / "extras.safetensors").exists()
+    resumed, cfg2 = _prepared(clock_subject, tmp_path / "c", steps=2, checkpoint_every=1)
+    train(resumed, cfg2.base, tmp_path / "b-ckpt", cfg2.seed, True, Callbacks())
+    a, b = straight.extras[OFFSET_NAME].param, resumed.extras[OFFSET_NAME].param
+    assert a.any() and torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def offset_run(tmp_path_factory) -> Path:
+    from conftest import clock_photos
+
+    from cascade_booth.session import TrainRequest
+    from stages.base import run as train_base
+
+    subject = clock_photos(tmp_path_factory.mktemp("subject"))
+    folder = tmp_path_factory.mktemp("runs") / "offset"
+    cfg = tiny_config(steps=2, lr=1e-3)
+    cfg.prior.enabled = False
+    cfg.identifier.offset_lr = 0.1
+    train_base(TrainRequest(subject=subject, class_noun="clock", run=folder, config=cfg))
+    return folder
+
+
+def test_render_adds_the_offset_to_stage_one_only(offset_run, tmp_path, monkeypatch, tokenizer):
+    meta = json.loads((offset_run / "run.json").read_text())
+    assert OFFSET_FILE in meta["stages"]["base"]["files"]
+    offset = load_file(str(offset_run / "base" / OFFSET_FILE))[OFFSET_NAME]
+    assert offset.abs().max() > 0.1  # two steps at lr 0.1 (the LoRA trains at 1e-3)
+    seen: dict[str, torch.Tensor] = {}
+    load = runner.load_stage_unet
+
+    def spying_load(stage, device, dtype):
+        unet = load(stage, device, dtype)
+
+        def forward(sample, timestep, encoder_hidden_states=None, **kwargs):  # records, then predicts zeros
+            seen.setdefault(stage.name, []).append(encoder_hidden_states.detach().float().cpu())
+            return (torch.zeros(sample.shape[0], unet.config.out_channels, *sample.shape[2:], dtype=sample.dtype),)
+
+        unet.forward = forward
+        return unet
+
+    monkeypatch.setattr(runner, "load_stage_unet", spying_load)
+    runner.render_run(RenderRequest(run=offset_run, prompts=[PROMPT], sr=True, steps=1, num_images=1,
+                                    class_prompts=True, out=tmp_path / "out", warn=lambda message: None))
+    assert [len(calls) for calls in seen.values()] == [2, 2]  # one step for each prompt, in each stage
+    filled, class_prompt = PROMPT.replace("[V]", meta["identifier"]), "a clock in the jungle"
+    ids = tokenizer(filled, padding="max_length", max_length=77).input_ids
+    where = torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(meta["identifier"]))[0]
+    assert where.sum() == 1
+    from test_mechanisms import _t5_states  # IF's conditioning computed directly from T5
+
+    plain, plain_class = _t5_states([filled, class_prompt])
+    text, text_class = (call.chunk(2)[1][0] for call in seen["base"])  # guidance: the conditional half
+    assert torch.allclose(text[where][0], plain[where][0] + offset, atol=1e-5)
+    assert torch.allclose(text[~where], plain[~where], atol=1e-5)  # every other token as T5 gave it
+    assert torch.allclose(text_class, plain_class, atol=1e-5)  # no [V], no offset: the prior's prompt
+    assert torch.allclose(seen["sr"][0].chunk(2)[1][0], plain, atol=1e-5)  # stage two never saw the offset
