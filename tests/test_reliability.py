@@ -157,17 +157,21 @@ def test_huge_learning_rate_stops_and_saves_nothing_non_finite(tmp_path, env):
     assert not (tmp_path / "run/base/pytorch_lora_weights.safetensors").exists()
 
 
-def test_non_finite_weights_are_never_checkpointed(tmp_path):
+@pytest.mark.parametrize("where", ["weight", "identifier_offset"])
+def test_non_finite_weights_are_never_checkpointed(tmp_path, where):
+    from cascade_booth.trainer import Extra
+
     class Job:
         name = "base"
         unet = torch.nn.Linear(2, 2)
+        extras = {"identifier_offset": Extra(torch.nn.Parameter(torch.zeros(2)), 1e-2)}
 
     job = Job()
     optimizer = torch.optim.AdamW(job.unet.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     with torch.no_grad():
-        job.unet.weight[0, 0] = math.inf
-    with pytest.raises(checkpoint.NonFiniteWeights, match=r"weights at step 3 hold non-finite values \('weight'"):
+        (job.unet.weight if where == "weight" else job.extras[where].param)[0] = math.inf
+    with pytest.raises(checkpoint.NonFiniteWeights, match=rf"weights at step 3 hold non-finite values \('{where}'"):
         checkpoint.save(tmp_path, 3, job, optimizer, schedule, StageConfig(full=True))
     assert list(tmp_path.iterdir()) == []
 

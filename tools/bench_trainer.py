@@ -40,6 +40,7 @@ class RandomJob:
 
     name = "base"
     prior_weight = 1.0
+    extras: dict = {}  # the UNet alone (no identifier offset: trainer.Extra)
 
     def __init__(self, unet: torch.nn.Module, params: list, batch: int, device: torch.device):
         from diffusers import DDPMScheduler
