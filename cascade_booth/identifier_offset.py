@@ -55,8 +55,9 @@ def identifier_mask(tokenizer, template: str, identifier: str, length: int) -> t
     mask = torch.zeros(length, dtype=torch.bool)
     for i in range(1, len(parts)):
         before = identifier.join(parts[:i])
-        start, end = len(_ids(tokenizer, before)), len(_ids(tokenizer, before + identifier))
-        if end == start or _ids(tokenizer, before + identifier) != full[:end]:
+        start, through = len(_ids(tokenizer, before)), _ids(tokenizer, before + identifier)
+        end = len(through)
+        if end == start or through != full[:end]:
             raise InputError(f"prompt '{template}': the identifier '{identifier}' merges with the text around "
                              f"{PLACEHOLDER} for the text encoder; write {PLACEHOLDER} as a word of its own")
         mask[start:min(end, length)] = True

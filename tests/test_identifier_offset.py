@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
+from test_mechanisms import _t5_states, spy_text_states  # T5 computed directly; the UNets' inputs
 
 from cascade_booth import runner
 from cascade_booth.errors import InputError
@@ -112,20 +113,7 @@ def test_render_adds_the_offset_to_stage_one_only(offset_run, tmp_path, monkeypa
     assert OFFSET_FILE in meta["stages"]["base"]["files"]
     offset = load_file(str(offset_run / "base" / OFFSET_FILE))[OFFSET_NAME]
     assert offset.abs().max() > 0.1  # two steps at lr 0.1 (the LoRA trains at 1e-3)
-    seen: dict[str, torch.Tensor] = {}
-    load = runner.load_stage_unet
-
-    def spying_load(stage, device, dtype):
-        unet = load(stage, device, dtype)
-
-        def forward(sample, timestep, encoder_hidden_states=None, **kwargs):  # records, then predicts zeros
-            seen.setdefault(stage.name, []).append(encoder_hidden_states.detach().float().cpu())
-            return (torch.zeros(sample.shape[0], unet.config.out_channels, *sample.shape[2:], dtype=sample.dtype),)
-
-        unet.forward = forward
-        return unet
-
-    monkeypatch.setattr(runner, "load_stage_unet", spying_load)
+    seen = spy_text_states(monkeypatch)
     runner.render_run(RenderRequest(run=offset_run, prompts=[PROMPT], sr=True, steps=1, num_images=1,
                                     class_prompts=True, out=tmp_path / "out", warn=lambda message: None))
     assert [len(calls) for calls in seen.values()] == [2, 2]  # one step for each prompt, in each stage
@@ -133,8 +121,6 @@ def test_render_adds_the_offset_to_stage_one_only(offset_run, tmp_path, monkeypa
     ids = tokenizer(filled, padding="max_length", max_length=77).input_ids
     where = torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(meta["identifier"]))[0]
     assert where.sum() == 1
-    from test_mechanisms import _t5_states  # IF's conditioning computed directly from T5
-
     plain, plain_class = _t5_states([filled, class_prompt])
     text, text_class = (call.chunk(2)[1][0] for call in seen["base"])  # guidance: the conditional half
     assert torch.allclose(text[where][0], plain[where][0] + offset, atol=1e-5)

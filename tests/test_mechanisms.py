@@ -138,29 +138,35 @@ def _t5_states(texts: list[str]) -> torch.Tensor:
         return encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
 
 
-def test_render_conditions_both_stages_on_the_filled_prompt(run, tmp_path, monkeypatch):
-    seen: dict[str, torch.Tensor] = {}
+def spy_text_states(monkeypatch) -> dict[str, list[torch.Tensor]]:
+    """Make the runner's UNets record the text states of every call (per stage name) and predict zeros."""
+    seen: dict[str, list[torch.Tensor]] = {}
     load = runner.load_stage_unet
 
     def spying_load(stage, device, dtype):
         unet = load(stage, device, dtype)
 
-        def forward(sample, timestep, encoder_hidden_states=None, **kwargs):  # records, then predicts zeros
-            seen.setdefault(stage.name, encoder_hidden_states.detach().float().cpu())
+        def forward(sample, timestep, encoder_hidden_states=None, **kwargs):
+            seen.setdefault(stage.name, []).append(encoder_hidden_states.detach().float().cpu())
             return (torch.zeros(sample.shape[0], unet.config.out_channels, *sample.shape[2:], dtype=sample.dtype),)
 
         unet.forward = forward
         return unet
 
     monkeypatch.setattr(runner, "load_stage_unet", spying_load)
+    return seen
+
+
+def test_render_conditions_both_stages_on_the_filled_prompt(run, tmp_path, monkeypatch):
+    seen = spy_text_states(monkeypatch)
     paths = runner.render_run(RenderRequest(run=run, prompts=[PROMPT], sr=True, steps=1, num_images=1,
                                             out=tmp_path / "out", warn=lambda message: None))
     assert paths and set(seen) == {"base", "sr"}
     identifier = json.loads((run / "run.json").read_text())["identifier"]
     filled, template, empty = _t5_states([PROMPT.replace("[V]", identifier), PROMPT, ""])
     assert (filled - template).abs().max() > 1e-3  # the check below can tell the two apart
-    for name, states in seen.items():
-        neg, text = states.chunk(2)  # classifier-free guidance: unconditional half first
+    for name, calls in seen.items():
+        neg, text = calls[0].chunk(2)  # classifier-free guidance: unconditional half first
         assert torch.allclose(text[0], filled, atol=1e-5), (name, float((text[0] - filled).abs().max()))
         assert torch.allclose(neg[0], empty, atol=1e-5), name
 
