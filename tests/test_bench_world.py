@@ -25,3 +25,25 @@ def test_diffusers_progress_lines_are_recognised():
              (8.0, "Steps: 100%")]
     parts = _tool().split_parts(lines, [], wall=9.0)
     assert parts["class images"]["s"] == 2.0 and parts["steps"]["s"] == 4.0
+
+
+def test_diffusers_equal_trains_the_world_presets_settings_and_checkpoints_only_when_asked():
+    import argparse
+    from pathlib import Path
+
+    from cascade_booth.config import load_config
+
+    tool, preset = _tool(), load_config("world")
+    a = argparse.Namespace(cls="clock", smoke=False, diffusers_script=Path("train_dreambooth_lora.py"))
+
+    def flag(cmd: list[str], name: str) -> str:
+        return cmd[cmd.index(name) + 1]
+
+    s1, s2 = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock")
+    assert flag(s1, "--max_train_steps") == str(preset.base.steps) and flag(s2, "--max_train_steps") == str(
+        preset.sr.steps)
+    assert float(flag(s1, "--learning_rate")) == preset.base.lr and flag(s1, "--rank") == str(preset.base.lora_rank)
+    assert flag(s1, "--num_class_images") == str(preset.prior.class_images) and "--with_prior_preservation" in s1
+    assert flag(s1, "--checkpointing_steps") == "1000000"  # the bench: no intermediate checkpoints
+    curve, _ = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock", checkpointing=100)
+    assert flag(curve, "--checkpointing_steps") == "100"

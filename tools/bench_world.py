@@ -46,6 +46,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_world_report import quality, write_results  # a sibling: the script's folder is first on sys.path
+
 from cascade_booth.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,15 +158,31 @@ def cascade_booth(a: argparse.Namespace, tool: str, photos: Path, work: Path, en
 
 
 def diffusers_args(a: argparse.Namespace, model: str, photos: Path, out: Path, prompt: str, resolution: int,
-                   steps: int, lr: float, rank: int, batch: int) -> list[str]:
+                   steps: int, lr: float, rank: int, batch: int, checkpointing: int = 1_000_000) -> list[str]:
+    """Their script's command line; ``checkpointing``: their ``--checkpointing_steps`` (default: none)."""
     steps = min(steps, 4) if a.smoke else steps
     return [sys.executable, str(SHIM), str(a.diffusers_script), "--pretrained_model_name_or_path", str(MODELS / model),
             "--instance_data_dir", str(photos), "--instance_prompt", prompt, "--output_dir", str(out), "--seed", "0",
             "--resolution", str(resolution), "--center_crop", "--train_batch_size", str(batch), "--max_train_steps",
-            str(steps), "--checkpointing_steps", "1000000", "--learning_rate", str(lr), "--lr_scheduler", "constant",
-            "--lr_warmup_steps", "0", "--max_grad_norm", "1.0", "--rank", str(rank), "--mixed_precision", "no",
-            "--dataloader_num_workers", "0", "--pre_compute_text_embeddings", "--tokenizer_max_length", "77",
-            "--text_encoder_use_attention_mask"]
+            str(steps), "--checkpointing_steps", str(checkpointing), "--learning_rate", str(lr), "--lr_scheduler",
+            "constant", "--lr_warmup_steps", "0", "--max_grad_norm", "1.0", "--rank", str(rank),
+            "--mixed_precision", "no", "--dataloader_num_workers", "0", "--pre_compute_text_embeddings",
+            "--tokenizer_max_length", "77", "--text_encoder_use_attention_mask"]
+
+
+def equal_commands(a: argparse.Namespace, photos: Path, work: Path, prompt: str,
+                   checkpointing: int = 1_000_000) -> tuple[list[str], list[str]]:
+    """diffusers-equal: their script with the world preset's steps / lr / rank / batch / class images, both stages."""
+    preset = load_config("world")  # equal to what cascade-booth trains
+    base, sr, pp = preset.base, preset.sr, preset.prior
+    prior = ["--with_prior_preservation", "--prior_loss_weight", f"{pp.weight:g}", "--class_prompt", f"a {a.cls}",
+             "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else str(pp.class_images),
+             "--sample_batch_size", str(pp.batch_size)]
+    s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base.steps, base.lr, base.lora_rank,
+                        base.batch_size, checkpointing) + prior
+    s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size) + [
+        "--class_labels_conditioning", "timesteps"]
+    return s1, s2
 
 
 def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident: str, env: dict) -> dict:
@@ -177,15 +195,7 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
                                       str(work / "quality"), "--num-images", str(a.images)], env, a.logs)
         return {}
     if tool == "diffusers-equal":
-        prior = ["--with_prior_preservation", "--prior_loss_weight", "1.0", "--class_prompt", f"a {a.cls}",
-                 "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else "48",
-                 "--sample_batch_size", "16"]
-        preset = load_config("world")  # equal to what cascade-booth trains
-        base, sr = preset.base, preset.sr
-        s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base.steps, base.lr, base.lora_rank,
-                            base.batch_size) + prior
-        s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size) + [
-            "--class_labels_conditioning", "timesteps"]
+        s1, s2 = equal_commands(a, photos, work, prompt)
     else:
         s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, 1200, 5e-6, 4, 4) + ["--scale_lr"]
         s2 = None
@@ -199,73 +209,6 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
                                   "--class-noun", a.cls, "--out", str(work / "quality"), "--num-images", str(a.images)],
               env, a.logs)
     return t
-
-
-# --------------------------------------------------------------------------------------------- quality
-def quality(folder: Path, photos: Path) -> dict:
-    """World read-back and embedding metrics of ``folder/personalized`` (and ``folder/pretrained``)."""
-    from world_tables_report import render_metrics  # a sibling: the script's folder is first on sys.path
-
-    from cascade_booth.world.readback import Subject, dino_to_subject, rendered_pngs, renders_by_kind, score_renders
-
-    pngs = rendered_pngs(sorted((folder / "personalized").glob("*.png")))
-    figures = score_renders(pngs, Subject.load(photos))
-    kinds = {kind: [p for p, _ in rows] for kind, rows in renders_by_kind(pngs).items()}
-    for kind, value in dino_to_subject(kinds, photos).items():
-        figures[kind]["dino"] = value
-    return {"readback": figures, "metrics": render_metrics(folder, photos)}
-
-
-def _fmt_parts(t: dict) -> str:
-    return "; ".join(f"{k} {v['s']:.0f} s / {v['peak_mib']:.0f} MiB" for k, v in t["parts"].items())
-
-
-def write_results(out: Path, results: dict) -> None:
-    untrained = {"cascade-booth": "pretrained", "cascade-booth-short": "pretrained", "diffusers-pretrained": "class"}
-    for tool, kind in untrained.items():  # each tool's untrained cascade, where its renders are kept
-        if tool in results["tools"]:
-            for key, q in (("baseline_dino", "quality"), ("baseline32_dino", "quality32")):
-                if q in results["tools"][tool]:
-                    results["tools"][tool][key] = results["tools"][tool][q]["metrics"][kind]["dino"]
-    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    md = [f"Made by `python tools/{results['command']}` ({results['threads']} thread(s) per tool).", "",
-          "| | " + " | ".join(results["tools"]) + " |", "|---|" + "---:|" * len(results["tools"])]
-
-    def row(label: str, get) -> None:
-        cells = []
-        for tool in results["tools"]:
-            try:
-                cells.append(get(results["tools"][tool]))
-            except (KeyError, TypeError):
-                cells.append("–")
-        md.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    total = lambda r: sum(t["wall_s"] for t in r["time"].values())  # noqa: E731
-    row("photos -> first personalized render, s", lambda r: f"{total(r):.0f}" if r["time"] else "–")
-    for stage in ("stage one", "stage two", "first render"):
-        row(f"{stage}: wall s / peak RSS MiB", lambda r, s=stage: f"{r['time'][s]['wall_s']:.0f} / "
-            f"{r['time'][s]['rss_mib']:.0f}")
-    for kind, label in (("instance", "[V] prompts"), ("class", "class prompts")):
-        q = lambda r, k=kind: r["quality"]["readback"][k]  # noqa: E731
-        m = lambda r, k=kind: r["quality"]["metrics"][k]  # noqa: E731
-        row(f"{label}: world DINO to the photos", lambda r, m=m: f"{m(r)['dino']:.3f}")
-        row(f"{label}: CLIP-I / CLIP-T", lambda r, m=m: f"{m(r)['clip_i']:.3f} / {m(r)['clip_t']:.3f}")
-        row(f"{label}: subject's colour / pattern / context", lambda r, q=q: f"{q(r)['colour']:.0%} / "
-            f"{q(r)['pattern']:.0%} / {q(r)['context']:.0%}")
-    row("pretrained cascade, class prompts, this tool's sampling: DINO", lambda r: f"{r['baseline_dino']:.3f}")
-    md.append("| **stage one alone, 32 px** (4 images per prompt) | " + " | ".join("" for _ in results["tools"]) + " |")
-    for kind, label in (("instance", "[V] prompts"), ("class", "class prompts")):
-        q = lambda r, k=kind: r["quality32"]["readback"][k]  # noqa: E731
-        m = lambda r, k=kind: r["quality32"]["metrics"][k]  # noqa: E731
-        row(f"{label}: world DINO / CLIP-T", lambda r, m=m: f"{m(r)['dino']:.3f} / {m(r)['clip_t']:.3f}")
-        row(f"{label}: subject's colour / context", lambda r, q=q: f"{q(r)['colour']:.0%} / {q(r)['context']:.0%}")
-    row("pretrained cascade, class prompts, this tool's sampling: DINO",
-        lambda r: f"{r['baseline32_dino']:.3f}")
-    md += ["", "Parts (seconds / peak RSS of the part):", ""]
-    for tool, r in results["tools"].items():
-        for stage, t in r.get("time", {}).items():
-            md.append(f"- {tool}, {stage}: {_fmt_parts(t)}")
-    (out / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,17 @@ schedule is constant after warm-up, so the segments train exactly what one strai
 each segment reads the run back at 32 px (``world score --no-sr --num-images 4``, as the bench does).
 Class images are made in ``OUT/cache``, as the bench makes them. The wall time of a point is the sum of
 its segments' wall times (each segment also starts the process and loads the model again: an upper
-bound on one run's time to that step). Writes ``OUT/curve.md`` with the bench's diffusers rows (their
-script keeps no intermediate weights here: their final stage one only) and ``OUT/curve.png``, the
-fixed-noise grid: each point's [V] renders with the same seeds, one row per point.
+bound on one run's time to that step).
+
+``--diffusers-script``: also diffusers' curve at equal settings (the bench's diffusers-equal stage one,
+``tools/bench_world.equal_commands``), trained once with their ``--checkpointing_steps EVERY``; a point's wall
+time is from their process start to the moment the checkpoint's LoRA file was written (their class images
+included, as ours are in the first segment; their checkpoints also save the optimizer state). Each
+checkpoint's LoRA is rendered as the bench renders diffusers (``bench_world_render.py --no-sr``) and read
+back the same way.
+
+Writes ``OUT/curve.md`` with the bench's final rows and ``OUT/curve.png``, the fixed-noise grid: each
+point's [V] renders with the same seeds, one row per point.
 """
 
 from __future__ import annotations
@@ -69,6 +77,46 @@ def curve(a: argparse.Namespace) -> list[dict]:
     return points
 
 
+def diffusers_curve(a: argparse.Namespace) -> list[dict]:
+    """Their stage one at equal settings, checkpointed every ``a.every`` steps, each checkpoint read back."""
+    from bench_world import env_for, equal_commands  # siblings: the script's folder is first on sys.path
+    from bench_world_report import quality
+
+    work, subject = a.out / "diffusers", a.bench / "subject"
+    cls = json.loads((subject / "subject.json").read_text())["class"]
+    ident = json.loads((a.bench / "cascade-booth" / "run" / "run.json").read_text())["identifier"]
+    photos = a.bench / "photos"  # PNGs only: their script opens every file of the folder
+    env = env_for(a.threads, work / "cache")
+    times = work / "times.json"
+    if not times.exists():
+        shutil.rmtree(work / "base", ignore_errors=True)  # an interrupted training starts again
+        bench = argparse.Namespace(cls=cls, smoke=False, diffusers_script=a.diffusers_script)
+        s1, _ = equal_commands(bench, photos, work, f"a {ident} {cls}", checkpointing=a.every)
+        s1[s1.index("--max_train_steps") + 1] = str(a.steps)  # the curve's length (the preset's 600 by default)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        with open(work / "train.log", "w") as log:
+            subprocess.run(s1, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        written = {int(c.name.split("-")[1]): (c / "pytorch_lora_weights.safetensors").stat().st_mtime - t0
+                   for c in (work / "base").glob("checkpoint-*")}
+        times.write_text(json.dumps({str(k): round(v, 1) for k, v in sorted(written.items())}))
+    points = []
+    for steps, wall in json.loads(times.read_text()).items():
+        folder = work / f"score-{steps}"
+        if not (folder / "done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            render = [sys.executable, str(Path(__file__).with_name("bench_world_render.py")), "--base-lora",
+                      str(work / "base" / f"checkpoint-{steps}"), "--identifier", ident, "--class-noun", cls,
+                      "--out", str(folder), "--num-images", "4", "--no-sr"]
+            subprocess.run(render, env=env, stdout=subprocess.DEVNULL, check=True)
+            (folder / "pretrained").symlink_to((a.bench / "cascade-booth" / "quality32" / "pretrained").resolve())
+            (folder / "done").touch()
+        q = quality(folder, subject)["readback"]
+        points.append({"steps": int(steps), "wall_s": wall, "instance": q["instance"], "class": q["class"]})
+        print(f"diffusers step {steps}: {wall:.0f} s, DINO {q['instance']['dino']:+.3f}", flush=True)
+    return points
+
+
 def fixed_noise_grid(a: argparse.Namespace, points: list[dict]) -> None:
     """OUT/curve.png, the fixed-noise grid over training steps: the subject's photos, the untrained cascade's
     class prompts, then one row per point: the first image of every [V] prompt (the same noise in every row)."""
@@ -85,16 +133,17 @@ def fixed_noise_grid(a: argparse.Namespace, points: list[dict]) -> None:
     grid(tiles, pad=0).save(a.out / "curve.png")
 
 
-def write(a: argparse.Namespace, points: list[dict]) -> None:
+def write(a: argparse.Namespace, points: list[dict], theirs: list[dict]) -> None:
     bench = json.loads((a.bench / "results.json").read_text())["tools"]
     lines = [f"Made by `python tools/bench_world_curve.py {' '.join(sys.argv[1:])}` ({a.threads} thread(s)); "
              f"stage one at lr {a.lr or 'of the world preset'}, read back at 32 px, 4 images x 6 contexts.", "",
              "| tool | steps | stage one wall s (cumulative) | [V]: world DINO | [V]: subject's colour | context |"
              " class prompts: DINO |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for p in points:
-        i = p["instance"]
-        lines.append(f"| cascade-booth | {p['steps']} | {p['wall_s']:.0f} | {i['dino']:.3f} | {i['colour']:.0%} | "
-                     f"{i['context']:.0%} | {p['class']['dino']:.3f} |")
+    for tool, rows in (("cascade-booth", points), ("diffusers-equal", theirs)):
+        for p in rows:
+            i = p["instance"]
+            lines.append(f"| {tool} | {p['steps']} | {p['wall_s']:.0f} | {i['dino']:.3f} | {i['colour']:.0%} | "
+                         f"{i['context']:.0%} | {p['class']['dino']:.3f} |")
     for tool, row in bench.items():
         q = row.get("quality32", {}).get("readback", {})
         if "instance" in q:
@@ -103,7 +152,7 @@ def write(a: argparse.Namespace, points: list[dict]) -> None:
             lines.append(f"| {tool} (bench) | {steps} | {wall:.0f} | {q['instance']['dino']:.3f} | "
                          f"{q['instance']['colour']:.0%} | {q['instance']['context']:.0%} | {q['class']['dino']:.3f} |")
     (a.out / "curve.md").write_text("\n".join(lines) + "\n")
-    (a.out / "curve.json").write_text(json.dumps(points, indent=1) + "\n")
+    (a.out / "curve.json").write_text(json.dumps({"cascade-booth": points, "diffusers-equal": theirs}, indent=1) + "\n")
     print("\n".join(lines))
 
 
@@ -115,10 +164,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, help="stage one's learning rate (default: the world preset's)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--diffusers-script", type=Path, help="diffusers' train_dreambooth_lora.py: their curve too")
     a = p.parse_args()
     points = curve(a)
+    theirs = diffusers_curve(a) if a.diffusers_script else []
     fixed_noise_grid(a, points)
-    write(a, points)
+    write(a, points, theirs)
 
 
 if __name__ == "__main__":

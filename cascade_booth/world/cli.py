@@ -103,7 +103,7 @@ def write_subject_photos(out: Path, cls: str, seed: int, count: int) -> str:
     d = examples[0].design
     _write_json(out / "subject.json", {**d.to_json(), "seed": seed, "size": SUBJECT_SIZE,
                                        "photos": [ex.scene.to_json() for ex in examples]})
-    return f"{count} photos of a {d.colour} {cls} ({d.pattern}, design {d.id}) to {out}"
+    return f"{count} photos of the {d.colour} {cls} ({d.pattern}, design {d.id}) to {out}"
 
 
 @world.command("models")
