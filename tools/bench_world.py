@@ -11,9 +11,9 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
   stage one 600 steps, batch 4 + 4 class images, lr 3e-3, LoRA rank 8, 48 class images; stage two 200
   steps, batch 2, rank 8, conditioned on the noise-augmented 32 px photo as at inference; its lr was 1e-4
   in the 2026-12-05 results and is 1e-3 since).
-- ``cascade-booth-short``: the same preset with a third of the steps (stage one 200, stage two 100): how long
-  the whole cascade takes to reach diffusers-equal's quality (stage one alone passes it after 100 steps,
-  ``tools/bench_world_curve.py``).
+- ``cascade-booth-short``: the same preset with a third of the steps (stage one 200, stage two 100), and
+  ``cascade-booth-100`` (100 and 100): how long the whole cascade takes to reach diffusers-equal's quality
+  (stage one alone passes it after 100 steps, ``tools/bench_world_curve.py``).
 - ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank and batch (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
   stage two ``--class_labels_conditioning timesteps``: the noisy target concatenated with itself).
@@ -60,8 +60,11 @@ PARTS = {  # part -> pattern of the output lines that belong to it (first match 
 }
 SMOKE_BASE = ["--steps", "4", "--class-images", "4", "--checkpoint-every", "0"]  # --smoke: every path, no meaning
 SMOKE_SR = ["--steps", "2", "--checkpoint-every", "0"]
-SHORT = {"base": ["--steps", "200"], "sr": ["--steps", "100"]}  # cascade-booth-short: a third of the preset's steps
-TOOLS = ("cascade-booth", "cascade-booth-short", "diffusers-equal", "diffusers-recommended", "diffusers-pretrained")
+SHORT = {  # the preset with fewer steps (stage one, stage two): time to quality, whole cascade
+    "cascade-booth-short": (["--steps", "200"], ["--steps", "100"]),  # a third of the preset's steps
+    "cascade-booth-100": (["--steps", "100"], ["--steps", "100"]),  # stage one's first curve point
+}
+TOOLS = ("cascade-booth", *SHORT, "diffusers-equal", "diffusers-recommended", "diffusers-pretrained")
 
 
 def _rss_mib(pid: int) -> float:
@@ -144,12 +147,12 @@ def env_for(threads: int, cache: Path) -> dict:
 
 def cascade_booth(a: argparse.Namespace, tool: str, photos: Path, work: Path, env: dict) -> tuple[dict, Path, str]:
     """Train both stages and render once with cascade-booth; returns (timings, run folder, identifier).
-    ``cascade-booth-short`` trains the preset with fewer steps (``SHORT``): time to quality, whole cascade."""
+    The ``SHORT`` rows train the preset with fewer steps: time to quality, whole cascade."""
     cli, run = [sys.executable, "-m", "cascade_booth.cli"], work / "run"
     base = [*cli, "train-base", "--config", "world", "--subject", str(photos), "--class-noun", a.cls, "--run", str(run)]
     sr = [*cli, "train-sr", "--config", "world", "--run", str(run)]
-    if tool == "cascade-booth-short":
-        base, sr = base + SHORT["base"], sr + SHORT["sr"]
+    if tool in SHORT:
+        base, sr = base + SHORT[tool][0], sr + SHORT[tool][1]
     t = {"stage one": run_timed(f"{tool}.train-base", base + SMOKE_BASE * a.smoke, env, a.logs),
          "stage two": run_timed(f"{tool}.train-sr", sr + SMOKE_SR * a.smoke, env, a.logs),
          "first render": run_timed(f"{tool}.render", [*cli, "render", "--run", str(run), "--num-images", "1",

@@ -117,17 +117,20 @@ def diffusers_curve(a: argparse.Namespace) -> list[dict]:
     return points
 
 
-def fixed_noise_grid(a: argparse.Namespace, points: list[dict]) -> None:
+def fixed_noise_grid(a: argparse.Namespace, points: list[dict], theirs: list[dict]) -> None:
     """OUT/curve.png, the fixed-noise grid over training steps: the subject's photos, the untrained cascade's
-    class prompts, then one row per point: the first image of every [V] prompt (the same noise in every row)."""
+    class prompts, then one row per point: the first image of every [V] prompt (the same noise in every row);
+    then diffusers' points the same way (their sampling's own seeds)."""
     from PIL import Image
 
     from cascade_booth.pngmeta import grid
 
     photos = sorted((a.bench / "subject").glob("*.png"))
     rows = [photos, sorted((a.out / f"score-{points[0]['steps']}" / "pretrained").glob("*-00.png"))]  # untrained
-    for p in points:
-        renders = sorted((a.out / f"score-{p['steps']}" / "personalized").glob("*-00.png"))
+    folders = [a.out / f"score-{p['steps']}" for p in points] + [a.out / "diffusers" / f"score-{p['steps']}"
+                                                                  for p in theirs]
+    for folder in folders:
+        renders = sorted((folder / "personalized").glob("*-00.png"))
         rows.append([r for r in renders if json.loads(r.with_suffix(".json").read_text()).get("kind") != "class"])
     tiles = [[Image.open(path).convert("RGB").resize((64, 64), Image.NEAREST) for path in row] for row in rows]
     grid(tiles, pad=0).save(a.out / "curve.png")
@@ -168,7 +171,7 @@ def main() -> None:
     a = p.parse_args()
     points = curve(a)
     theirs = diffusers_curve(a) if a.diffusers_script else []
-    fixed_noise_grid(a, points)
+    fixed_noise_grid(a, points, theirs)
     write(a, points, theirs)
 
 

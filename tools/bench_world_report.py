@@ -31,9 +31,9 @@ def _fmt_parts(t: dict) -> str:
 
 
 def write_results(out: Path, results: dict) -> None:
-    untrained = {"cascade-booth": "pretrained", "cascade-booth-short": "pretrained", "diffusers-pretrained": "class"}
-    for tool, kind in untrained.items():  # each tool's untrained cascade, where its renders are kept
-        if tool in results["tools"]:
+    for tool in results["tools"]:  # each tool's untrained cascade, where its renders are kept
+        kind = "pretrained" if tool.startswith("cascade-booth") else "class" if tool == "diffusers-pretrained" else ""
+        if kind:
             for key, q in (("baseline_dino", "quality"), ("baseline32_dino", "quality32")):
                 if q in results["tools"][tool]:
                     results["tools"][tool][key] = results["tools"][tool][q]["metrics"][kind]["dino"]
