@@ -173,16 +173,17 @@ def diffusers_args(a: argparse.Namespace, model: str, photos: Path, out: Path, p
             "--tokenizer_max_length", "77", "--text_encoder_use_attention_mask"]
 
 
-def equal_commands(a: argparse.Namespace, photos: Path, work: Path, prompt: str,
-                   checkpointing: int = 1_000_000) -> tuple[list[str], list[str]]:
-    """diffusers-equal: their script with the world preset's steps / lr / rank / batch / class images, both stages."""
+def equal_commands(a: argparse.Namespace, photos: Path, work: Path, prompt: str, checkpointing: int = 1_000_000,
+                   base_steps: int | None = None) -> tuple[list[str], list[str]]:
+    """diffusers-equal: their script with the world preset's steps / lr / rank / batch / class images, both stages
+    (``base_steps``: stage one's steps instead of the preset's)."""
     preset = load_config("world")  # equal to what cascade-booth trains
     base, sr, pp = preset.base, preset.sr, preset.prior
     prior = ["--with_prior_preservation", "--prior_loss_weight", f"{pp.weight:g}", "--class_prompt", f"a {a.cls}",
              "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else str(pp.class_images),
              "--sample_batch_size", str(pp.batch_size)]
-    s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base.steps, base.lr, base.lora_rank,
-                        base.batch_size, checkpointing) + prior
+    s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base_steps or base.steps, base.lr,
+                        base.lora_rank, base.batch_size, checkpointing) + prior
     s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size) + [
         "--class_labels_conditioning", "timesteps"]
     return s1, s2

@@ -80,7 +80,7 @@ def curve(a: argparse.Namespace) -> list[dict]:
 def diffusers_curve(a: argparse.Namespace) -> list[dict]:
     """Their stage one at equal settings, checkpointed every ``a.every`` steps, each checkpoint read back."""
     from bench_world import env_for, equal_commands  # siblings: the script's folder is first on sys.path
-    from bench_world_report import quality
+    from bench_world_report import readback
 
     work, subject = a.out / "diffusers", a.bench / "subject"
     cls = json.loads((subject / "subject.json").read_text())["class"]
@@ -91,8 +91,7 @@ def diffusers_curve(a: argparse.Namespace) -> list[dict]:
     if not times.exists():
         shutil.rmtree(work / "base", ignore_errors=True)  # an interrupted training starts again
         bench = argparse.Namespace(cls=cls, smoke=False, diffusers_script=a.diffusers_script)
-        s1, _ = equal_commands(bench, photos, work, f"a {ident} {cls}", checkpointing=a.every)
-        s1[s1.index("--max_train_steps") + 1] = str(a.steps)  # the curve's length (the preset's 600 by default)
+        s1, _ = equal_commands(bench, photos, work, f"a {ident} {cls}", checkpointing=a.every, base_steps=a.steps)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(work / "train.log", "w") as log:
@@ -102,18 +101,19 @@ def diffusers_curve(a: argparse.Namespace) -> list[dict]:
         times.write_text(json.dumps({str(k): round(v, 1) for k, v in sorted(written.items())}))
     points = []
     for steps, wall in json.loads(times.read_text()).items():
-        folder = work / f"score-{steps}"
-        if not (folder / "done").exists():
+        folder, done = work / f"score-{steps}", work / "points" / f"{steps}.json"
+        if not done.exists():  # a point already read back is kept (rerun to resume)
             shutil.rmtree(folder, ignore_errors=True)
             render = [sys.executable, str(Path(__file__).with_name("bench_world_render.py")), "--base-lora",
                       str(work / "base" / f"checkpoint-{steps}"), "--identifier", ident, "--class-noun", cls,
                       "--out", str(folder), "--num-images", "4", "--no-sr"]
             subprocess.run(render, env=env, stdout=subprocess.DEVNULL, check=True)
-            (folder / "pretrained").symlink_to((a.bench / "cascade-booth" / "quality32" / "pretrained").resolve())
-            (folder / "done").touch()
-        q = quality(folder, subject)["readback"]
-        points.append({"steps": int(steps), "wall_s": wall, "instance": q["instance"], "class": q["class"]})
-        print(f"diffusers step {steps}: {wall:.0f} s, DINO {q['instance']['dino']:+.3f}", flush=True)
+            q = readback(folder, subject)
+            done.parent.mkdir(exist_ok=True)
+            done.write_text(json.dumps({"steps": int(steps), "wall_s": wall, "instance": q["instance"],
+                                        "class": q["class"]}))
+        points.append(json.loads(done.read_text()))
+        print(f"diffusers step {steps}: {wall:.0f} s, DINO {points[-1]['instance']['dino']:+.3f}", flush=True)
     return points
 
 

@@ -12,10 +12,8 @@ import json
 from pathlib import Path
 
 
-def quality(folder: Path, photos: Path) -> dict:
-    """World read-back and embedding metrics of ``folder/personalized`` (and ``folder/pretrained``)."""
-    from world_tables_report import render_metrics  # a sibling: the script's folder is first on sys.path
-
+def readback(folder: Path, photos: Path) -> dict:
+    """Per kind of prompt in ``folder/personalized``: the attribute net's rates and world DINO to the photos."""
     from cascade_booth.world.readback import Subject, dino_to_subject, rendered_pngs, renders_by_kind, score_renders
 
     pngs = rendered_pngs(sorted((folder / "personalized").glob("*.png")))
@@ -23,7 +21,14 @@ def quality(folder: Path, photos: Path) -> dict:
     kinds = {kind: [p for p, _ in rows] for kind, rows in renders_by_kind(pngs).items()}
     for kind, value in dino_to_subject(kinds, photos).items():
         figures[kind]["dino"] = value
-    return {"readback": figures, "metrics": render_metrics(folder, photos)}
+    return figures
+
+
+def quality(folder: Path, photos: Path) -> dict:
+    """``readback`` plus the embedding metrics of ``folder/personalized`` (and ``folder/pretrained``)."""
+    from world_tables_report import render_metrics  # a sibling: the script's folder is first on sys.path
+
+    return {"readback": readback(folder, photos), "metrics": render_metrics(folder, photos)}
 
 
 def _fmt_parts(t: dict) -> str:
