@@ -57,7 +57,7 @@ def parse_variant(text: str) -> tuple[str, int, bool]:
     return parts[0], int(parts[1]), len(parts) > 2 and parts[2] == "cl"
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="IF-I-XL-v1.0")
@@ -87,13 +87,16 @@ def main(argv=None):
     a.model, a.sr_model = resolve(a.model), resolve(a.sr_model)
     a.big_batches = [int(x) for x in a.big_batches.split(",") if x]
     a.compile_variants = [parse_variant(v) for v in a.compile_variants.split(",") if v]
-    b = Bench(a)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    return a
+
+
+def environment(b: Bench) -> dict:
+    """What the rows were measured on: device, library versions, the two UNets' sizes, the arguments."""
     import diffusers
     import peft
 
-    b.env = dict(
+    a = b.args
+    env = dict(
         device=torch.cuda.get_device_name() if b.cuda else "cpu",
         torch=torch.__version__,
         cuda=torch.version.cuda,
@@ -108,15 +111,14 @@ def main(argv=None):
     )
     if b.cuda:
         props = torch.cuda.get_device_properties(0)
-        b.env.update(sms=props.multi_processor_count, mem_gib=props.total_memory / GB)
-    print("ENV " + json.dumps(b.env, default=str), flush=True)
-    b.peak_flops = measure_peak(b)
-    b.env["bf16_matmul_peak_tflops"] = b.peak_flops / 1e12
-    print(f"bf16 matmul peak (measured): {b.peak_flops / 1e12:.0f} TFLOP/s", flush=True)
-    sections = a.sections.split(",")
+        env.update(sms=props.multi_processor_count, mem_gib=props.total_memory / GB)
+    return env
+
+
+def run_sections(b: Bench) -> None:
     base_flops = None
     for name in ("lora", "full", "fullx", "sr", "gen", "compile"):
-        if name not in sections:
+        if name not in b.args.sections.split(","):
             continue
         if b.left() < 40:
             b.add(name, "(section skipped)", notes=f"time budget: {b.elapsed():.0f} s used")
@@ -125,17 +127,23 @@ def main(argv=None):
         t = time.perf_counter()
         if name == "lora":
             base_flops = lora_section(b)
-        elif name == "full":
-            full_section(b)
-        elif name == "fullx":
-            fullx_section(b)
-        elif name == "sr":
-            sr_section(b)
-        elif name == "gen":
-            gen_section(b)
         elif name == "compile":
             compile_section(b, base_flops)
+        else:
+            {"full": full_section, "fullx": fullx_section, "sr": sr_section, "gen": gen_section}[name](b)
         print(f"--- section {name} took {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def main(argv=None):
+    b = Bench(parse_args(argv))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    b.env = environment(b)
+    print("ENV " + json.dumps(b.env, default=str), flush=True)
+    b.peak_flops = measure_peak(b)
+    b.env["bf16_matmul_peak_tflops"] = b.peak_flops / 1e12
+    print(f"bf16 matmul peak (measured): {b.peak_flops / 1e12:.0f} TFLOP/s", flush=True)
+    run_sections(b)
     b.env["total_s"] = b.elapsed()
     b.save()
     print()

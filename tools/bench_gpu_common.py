@@ -219,3 +219,40 @@ def changed_fraction(snap) -> float:
         changed += int((p.detach() != old).sum())
         total += old.numel()
     return changed / max(total, 1)
+
+
+class StepRows:
+    """Measures one LoRA training-step row of ``section``: a finite first loss, the share of trainable weights
+    it moved, the step's FLOPs (counted once per ``flops_key``, default (name, samples)) and its time."""
+
+    def __init__(self, b: Bench, section: str):
+        self.b, self.section, self.sched, self.flops = b, section, ddpm_scheduler(), {}
+
+    def run(self, name, unet, params, batch, notes="", channels_last=False, flops_key=None, gen=None, cond_fn=None):
+        b, (x0, emb, is_prior) = self.b, batch
+        samples = x0.shape[0]
+        opt = fused_adamw(params, b.args.lr, b.dev)
+        gen = gen or torch.Generator().manual_seed(1)
+        step = train_step_fn(b, unet, opt, self.sched, x0, emb, is_prior, gen, cond_fn=cond_fn,
+                             channels_last=channels_last)
+        b.reset_mem()
+        try:
+            before = snapshot(params)
+            ok_loss = bool(torch.isfinite(step()).item())
+            moved = changed_fraction(before)
+            del before
+            key = flops_key or (name, samples)
+            if key not in self.flops:
+                self.flops[key] = b.count_flops(step)
+            t, times, loss = b.time_it(step, b.args.warmup, b.args.steps)
+            b.add(self.section, name, samples=samples, time_s=t, times=times, peak_gb=b.peak_gb(),
+                  flops=self.flops[key], loss=float(loss), loss_finite=ok_loss, trainable_changed_frac=moved,
+                  notes=f"{notes}; loss ok={ok_loss}, params moved={moved:.2f}".strip("; "))
+            return self.flops[key]
+        except Exception as err:  # noqa: BLE001 - report and go on
+            b.add(self.section, name, samples=samples, notes=failure_note(err))
+        finally:
+            del opt
+            for p in params:
+                p.grad = None
+            b.reset_mem()
