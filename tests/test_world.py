@@ -226,9 +226,8 @@ def test_score_named_renders_the_pretrained_cascade_told_the_subjects_colour_and
     requests = []
     monkeypatch.setattr(runner, "render_run", lambda request: requests.append(request) or [])
     rates = {"images": 0, "colour": 0.0, "pattern": 0.0, "context": 0.0, "class": 0.0, "dino": 0.0}
-    monkeypatch.setattr(readback, "score_renders", lambda paths, subject: {"instance": dict(rates)})
-    monkeypatch.setattr(readback, "_figures", lambda groups, subject: {"instance": dict(rates), "class": dict(rates)})
-    monkeypatch.setattr(readback, "dino_to_subject", lambda renders, subject_dir: {k: 0.5 for k in renders})
+    monkeypatch.setattr(readback, "read_back", lambda pngs, subject_dir: {"instance": rates | {"dino": 0.5},
+                                                                          "class": dict(rates)})
     photos = tmp_path / "vase"
     assert CliRunner().invoke(main, ["world", "subject", "--class", "vase", "--seed", "2", "--out", str(photos)]
                               ).exit_code == 0

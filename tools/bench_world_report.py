@@ -14,14 +14,9 @@ from pathlib import Path
 
 def readback(folder: Path, photos: Path) -> dict:
     """Per kind of prompt in ``folder/personalized``: the attribute net's rates and world DINO to the photos."""
-    from cascade_booth.world.readback import Subject, dino_to_subject, rendered_pngs, renders_by_kind, score_renders
+    from cascade_booth.world.readback import read_back, rendered_pngs
 
-    pngs = rendered_pngs(sorted((folder / "personalized").glob("*.png")))
-    figures = score_renders(pngs, Subject.load(photos))
-    kinds = {kind: [p for p, _ in rows] for kind, rows in renders_by_kind(pngs).items()}
-    for kind, value in dino_to_subject(kinds, photos).items():
-        figures[kind]["dino"] = value
-    return figures
+    return read_back(rendered_pngs(sorted((folder / "personalized").glob("*.png"))), photos)
 
 
 def quality(folder: Path, photos: Path) -> dict:

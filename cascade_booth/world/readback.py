@@ -137,6 +137,15 @@ def score_renders(paths: list[Path], subject: Subject) -> dict[str, dict[str, fl
     return _figures(renders_by_kind(paths), subject)
 
 
+def read_back(pngs: list[Path], subject_dir: Path) -> dict[str, dict[str, float]]:
+    """Per kind of render (its sidecar's ``kind``): the attribute net's rates and world DINO to the subject's photos."""
+    groups = renders_by_kind(pngs)
+    figures = _figures(groups, Subject.load(subject_dir))
+    for kind, value in dino_to_subject({k: [p for p, _ in rows] for k, rows in groups.items()}, subject_dir).items():
+        figures[kind]["dino"] = value
+    return figures
+
+
 def rendered_pngs(paths: list[Path]) -> list[Path]:
     """The renders among ``render_run``'s paths (not the grid)."""
     return [p for p in paths if p.name != "grid.png" and p.suffix == ".png"]
@@ -172,17 +181,14 @@ def score_run(run: Path, subject_dir: Path, out: Path, sr: bool = True, num_imag
             seed=seed, steps=steps, sr=sr, warn=quiet, sr_strength=sr_strength, guidance=guidance)))
 
     class_prompts = [p.replace("[V] ", "") for p in prompts]
-    groups = renders_by_kind(mine)
-    renders = {kind: [p for p, _ in rows] for kind, rows in groups.items()}
+    renders = {kind: [p for p, _ in rows] for kind, rows in renders_by_kind(mine).items()}
     renders["pretrained"] = pretrained("pretrained", class_prompts)
     if named:
         renders["named"] = pretrained("named", [caption(subject.cls, subject.colour, subject.pattern, context_of(p))
                                                 for p in class_prompts])
-    figures = _figures(groups, subject)
-    for kind in [k for k in ("pretrained", "named") if k in renders]:
-        figures[kind] = score_renders(renders[kind], subject)["instance"]
-    for kind, value in dino_to_subject(renders, subject_dir).items():
-        figures[kind]["dino"] = value
+    figures: dict = read_back(mine, subject_dir)
+    for kind in [k for k in ("pretrained", "named") if k in renders]:  # their sidecars say "instance"
+        figures[kind] = read_back(renders[kind], subject_dir)["instance"]
     figures["colour_drift"] = figures["class"]["colour"] - figures["pretrained"]["colour"]
     figures["subject"] = {"class": subject.cls, "colour": subject.colour, "pattern": subject.pattern}
     figures["size"] = 128 if sr else 32
