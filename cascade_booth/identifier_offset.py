@@ -10,8 +10,15 @@ the prior term is untouched. The T5 states stay precomputed: the encoder never r
 IF's 4.8B T5 still never shares memory with the UNet. (Textual inversion, Gal et al. 2022, learns a token's
 input embedding through the encoder instead; "pivotal tuning" trains one with the UNet's adapter.)
 
+Each moved state keeps its own norm (``shift_states``): T5's final RMS norm puts every state the UNet was
+trained on at one norm (8 in the world's T5, whose scale is 1). A freely added offset leaves that sphere: after
+the world preset's 600 steps [V]'s state had norm 8.2-9.2 (six subjects), and when the offset trained alone
+first (200 steps) 13-14, where the renders lost their context (a larger key takes the cross-attention from
+the context's words). Runs made before this rule (no ``identifier_offset: "keep-norm"`` in their stage-one
+record) render with the plain sum they were trained with.
+
 The run keeps the vector in ``RUN/base/identifier_offset.safetensors`` (one tensor of that name); ``render``
-adds it.
+applies it.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from cascade_booth.safeload import load_state_dict
 
 OFFSET_NAME = "identifier_offset"  # the stage's trained extra (trainer.Extra) and its file in RUN/base
 OFFSET_FILE = f"{OFFSET_NAME}.safetensors"
+KEEP_NORM = "keep-norm"  # stage one's record: how its offset applies (shift_states); absent in older runs: a sum
 
 
 class IdentifierOffset(torch.nn.Module):
-    """``states + offset`` at the positions ``mask`` marks ([B, L, d] states, [L] or [B, L] mask)."""
+    """``shift_states`` with a trained offset ([B, L, d] states, [L] or [B, L] mask)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -37,7 +45,19 @@ class IdentifierOffset(torch.nn.Module):
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # the states may sit on the CPU until the batch moves: .to keeps the graph back to the parameter
-        return states + mask.to(states.dtype).unsqueeze(-1) * self.offset.to(states.device, states.dtype)
+        return shift_states(states, mask, self.offset.to(states.device, states.dtype))
+
+
+def shift_states(states: torch.Tensor, mask: torch.Tensor, offset: torch.Tensor, keep_norm: bool = True
+                 ) -> torch.Tensor:
+    """``states + offset`` at the positions ``mask`` marks, each such state then scaled back to its own norm
+    (``keep_norm``; the module docstring says why); every other position is left as it is."""
+    where = mask.to(torch.bool).unsqueeze(-1)
+    moved = states + where.to(states.dtype) * offset
+    if not keep_norm:  # runs trained before the rule
+        return moved
+    kept = moved * (states.norm(dim=-1, keepdim=True) / moved.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return torch.where(where, kept, states)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -72,4 +92,5 @@ def load_offset(path: Path) -> torch.Tensor:
     return state[OFFSET_NAME]
 
 
-__all__ = ["OFFSET_FILE", "OFFSET_NAME", "IdentifierOffset", "identifier_mask", "load_offset"]
+__all__ = ["KEEP_NORM", "OFFSET_FILE", "OFFSET_NAME", "IdentifierOffset", "identifier_mask", "load_offset",
+           "shift_states"]

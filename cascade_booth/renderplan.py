@@ -19,7 +19,7 @@ from cascade_booth.config import Config, from_dict
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.handoff import check_sr_model, finished_stage_one, text_model_path
 from cascade_booth.identifier import PLACEHOLDER, class_prompt, fill_identifier
-from cascade_booth.identifier_offset import OFFSET_FILE, identifier_mask
+from cascade_booth.identifier_offset import KEEP_NORM, OFFSET_FILE, identifier_mask
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.models import resolve_model
 from cascade_booth.promptfile import prompt_lines
@@ -70,6 +70,7 @@ class StagePlan:
     strength: float = 1.0  # with start "input": the fraction of its steps that run (config.RenderConfig.sr_strength)
     variance_type: str | None = None  # the scheduler's, once sampled (learned_range or fixed_small)
     offset: Path | None = None  # stage one's learned identifier offset (identifier_offset), if the run has one
+    offset_keeps_norm: bool = True  # how it applies (identifier_offset.shift_states); False in runs made before
 
     @property
     def sr(self) -> bool:
@@ -132,7 +133,7 @@ def plan_base(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderRequ
     return StagePlan("base", meta["models"]["base"], _stage_model(record, meta["models"]["base"], 1),
                      _weights(run, "base", record), record.get("variance", "learned"),
                      req.steps or cfg.render.steps, cfg.render.guidance if req.guidance is None else req.guidance,
-                     offset=offset)
+                     offset=offset, offset_keeps_norm=record.get("identifier_offset") == KEEP_NORM)
 
 
 def plan_sr(run: RunFolder, meta: dict[str, Any], cfg: Config, req: RenderRequest, notes: list[str]

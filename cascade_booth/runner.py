@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -25,7 +26,7 @@ import torch
 
 from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.errors import RunError
-from cascade_booth.identifier_offset import load_offset
+from cascade_booth.identifier_offset import load_offset, shift_states
 from cascade_booth.models import cache_dir
 from cascade_booth.pngmeta import render_meta, write_renders
 from cascade_booth.renderplan import Plan, RenderRequest, StagePlan, plan_render, read_prompts
@@ -71,12 +72,13 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def _identifier_shifts(plan: Plan, stage: StagePlan) -> list[torch.Tensor] | None:
-    """Per prompt, what stage one's learned identifier offset adds to its T5 states ([77, d]); None without one."""
+def _identifier_shift(plan: Plan, stage: StagePlan) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """(T5 states of prompt i, i) -> the states the stage sees: with stage one's learned identifier offset
+    applied at [V]'s tokens as in training (``shift_states``), else as they are."""
     if stage.offset is None or plan.identifier_masks is None:
-        return None
-    offset = load_offset(stage.offset)
-    return [mask.to(offset.dtype).unsqueeze(-1) * offset for mask in plan.identifier_masks]
+        return lambda states, i: states
+    offset, masks = load_offset(stage.offset), plan.identifier_masks
+    return lambda states, i: shift_states(states, masks[i], offset.to(states.dtype), stage.offset_keeps_norm)
 
 
 def sample_cascade(plan: Plan, texts: TextEmbeddings, device: torch.device, batch_size: int = 4
@@ -90,14 +92,13 @@ def sample_cascade(plan: Plan, texts: TextEmbeddings, device: torch.device, batc
     for stage in [s for s in (plan.base, plan.sr) if s is not None]:
         unet = load_stage_unet(stage, device, dtype)
         noising = DDPMScheduler.from_pretrained(stage.model_path / "image_noising_scheduler") if stage.sr else None
-        shifts = _identifier_shifts(plan, stage)
+        shift = _identifier_shift(plan, stage)
         done = []
         for i, prompt in enumerate(plan.prompts):
             parts = []
             for start in range(0, plan.num_images, batch_size):
                 g = gens[i][start:start + batch_size]
-                text = texts.stack([prompt] * len(g))
-                text = (text if shifts is None else text + shifts[i]).to(device, dtype)
+                text = shift(texts.stack([prompt] * len(g)), i).to(device, dtype)
                 neg = texts.stack([""] * len(g)).to(device, dtype)
                 if noising is None:
                     parts.append(sample_base(unet, _scheduler(stage, device), text, neg, stage.guidance, g))

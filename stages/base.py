@@ -18,7 +18,7 @@ from cascade_booth import parallel
 from cascade_booth.devices import device
 from cascade_booth.diffusion import training_losses
 from cascade_booth.identifier import instance_template
-from cascade_booth.identifier_offset import OFFSET_NAME, IdentifierOffset, identifier_mask
+from cascade_booth.identifier_offset import KEEP_NORM, OFFSET_NAME, IdentifierOffset, identifier_mask
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.prior import class_images
 from cascade_booth.safeload import pickles
@@ -174,8 +174,8 @@ def run(req: TrainRequest, callbacks: Callbacks | None = None, progress=None) ->
         if cfg.base.validation_every and callbacks.on_validation is None and parallel.is_main():
             callbacks.on_validation = make_validator(ctx, job, ctx.model_path, cfg)
         clear = req.force and not req.resume  # --force: the old stage one goes once training starts, not before
-        train_prepared(stage, NAME, callbacks, req.resume, extra={"prior": cfg.prior.enabled}, clear=clear,
-                       trainer=train)
+        extra = {"prior": cfg.prior.enabled} | ({"identifier_offset": KEEP_NORM} if job.offset is not None else {})
+        train_prepared(stage, NAME, callbacks, req.resume, extra=extra, clear=clear, trainer=train)
     return ctx
 
 

@@ -7,6 +7,7 @@ it (or adding it to stage two), a checkpoint without it, a mask one token off.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from test_mechanisms import _t5_states, spy_text_states  # T5 computed directly;
 
 from cascade_booth import runner
 from cascade_booth.errors import InputError
-from cascade_booth.identifier_offset import OFFSET_FILE, OFFSET_NAME, identifier_mask
+from cascade_booth.identifier_offset import KEEP_NORM, OFFSET_FILE, OFFSET_NAME, identifier_mask, shift_states
 from cascade_booth.models import resolve_model
 from cascade_booth.runner import RenderRequest
 from cascade_booth.text import load_tokenizer
@@ -121,9 +122,40 @@ def test_render_adds_the_offset_to_stage_one_only(offset_run, tmp_path, monkeypa
     ids = tokenizer(filled, padding="max_length", max_length=77).input_ids
     where = torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(meta["identifier"]))[0]
     assert where.sum() == 1
+    assert meta["stages"]["base"]["identifier_offset"] == KEEP_NORM
     plain, plain_class = _t5_states([filled, class_prompt])
     text, text_class = (call.chunk(2)[1][0] for call in seen["base"])  # guidance: the conditional half
-    assert torch.allclose(text[where][0], plain[where][0] + offset, atol=1e-5)
+    moved = plain[where][0] + offset  # the sum, back at the norm of [V]'s own state
+    assert torch.allclose(text[where][0], moved * plain[where][0].norm() / moved.norm(), atol=1e-5)
+    assert not torch.allclose(text[where][0], plain[where][0], atol=1e-2)
     assert torch.allclose(text[~where], plain[~where], atol=1e-5)  # every other token as T5 gave it
     assert torch.allclose(text_class, plain_class, atol=1e-5)  # no [V], no offset: the prior's prompt
     assert torch.allclose(seen["sr"][0].chunk(2)[1][0], plain, atol=1e-5)  # stage two never saw the offset
+
+
+def test_a_run_made_before_the_norm_rule_renders_with_the_plain_sum(offset_run, tmp_path, monkeypatch, tokenizer):
+    meta = json.loads((offset_run / "run.json").read_text())
+    old = tmp_path / "old-run"
+    shutil.copytree(offset_run, old)
+    del meta["stages"]["base"]["identifier_offset"]  # what run.json held before the rule
+    (old / "run.json").write_text(json.dumps(meta))
+    offset = load_file(str(old / "base" / OFFSET_FILE))[OFFSET_NAME]
+    seen = spy_text_states(monkeypatch)
+    runner.render_run(RenderRequest(run=old, prompts=[PROMPT], sr=False, steps=1, num_images=1,
+                                    out=tmp_path / "out", warn=lambda message: None))
+    ids = tokenizer(PROMPT.replace("[V]", meta["identifier"]), padding="max_length", max_length=77).input_ids
+    where = torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(meta["identifier"]))[0]
+    (plain,) = _t5_states([PROMPT.replace("[V]", meta["identifier"])])
+    assert torch.allclose(seen["base"][0].chunk(2)[1][0][where][0], plain[where][0] + offset, atol=1e-5)
+
+
+def test_shift_states_keeps_the_norm_of_each_moved_state_and_leaves_the_rest():
+    states = torch.randn(2, 5, 8)
+    mask = torch.tensor([False, True, True, False, False])
+    offset = 10 * torch.randn(8)
+    shifted = shift_states(states, mask, offset)
+    assert torch.allclose(shifted.norm(dim=-1), states.norm(dim=-1))
+    assert torch.equal(shifted[:, ~mask], states[:, ~mask])
+    direction = torch.nn.functional.normalize(states[:, mask] + offset, dim=-1)
+    assert torch.allclose(torch.nn.functional.normalize(shifted[:, mask], dim=-1), direction, atol=1e-6)
+    assert torch.allclose(shift_states(states, mask, offset, keep_norm=False)[:, mask], states[:, mask] + offset)
