@@ -109,6 +109,12 @@ def offset_run(tmp_path_factory) -> Path:
     return folder
 
 
+def _identifier_positions(tokenizer, filled: str, identifier: str) -> torch.Tensor:
+    """[77] bool: where the identifier's (first) piece stands in the tokenized prompt, computed apart from the mask."""
+    ids = tokenizer(filled, padding="max_length", max_length=77).input_ids
+    return torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(identifier))[0]
+
+
 def test_render_adds_the_offset_to_stage_one_only(offset_run, tmp_path, monkeypatch, tokenizer):
     meta = json.loads((offset_run / "run.json").read_text())
     assert OFFSET_FILE in meta["stages"]["base"]["files"]
@@ -119,8 +125,7 @@ def test_render_adds_the_offset_to_stage_one_only(offset_run, tmp_path, monkeypa
                                     class_prompts=True, out=tmp_path / "out", warn=lambda message: None))
     assert [len(calls) for calls in seen.values()] == [2, 2]  # one step for each prompt, in each stage
     filled, class_prompt = PROMPT.replace("[V]", meta["identifier"]), "a clock in the jungle"
-    ids = tokenizer(filled, padding="max_length", max_length=77).input_ids
-    where = torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(meta["identifier"]))[0]
+    where = _identifier_positions(tokenizer, filled, meta["identifier"])
     assert where.sum() == 1
     assert meta["stages"]["base"]["identifier_offset"] == KEEP_NORM
     plain, plain_class = _t5_states([filled, class_prompt])
@@ -143,9 +148,9 @@ def test_a_run_made_before_the_norm_rule_renders_with_the_plain_sum(offset_run, 
     seen = spy_text_states(monkeypatch)
     runner.render_run(RenderRequest(run=old, prompts=[PROMPT], sr=False, steps=1, num_images=1,
                                     out=tmp_path / "out", warn=lambda message: None))
-    ids = tokenizer(PROMPT.replace("[V]", meta["identifier"]), padding="max_length", max_length=77).input_ids
-    where = torch.tensor(ids) == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(meta["identifier"]))[0]
-    (plain,) = _t5_states([PROMPT.replace("[V]", meta["identifier"])])
+    filled = PROMPT.replace("[V]", meta["identifier"])
+    where = _identifier_positions(tokenizer, filled, meta["identifier"])
+    (plain,) = _t5_states([filled])
     assert torch.allclose(seen["base"][0].chunk(2)[1][0][where][0], plain[where][0] + offset, atol=1e-5)
 
 

@@ -67,6 +67,13 @@ def _attribute_net():
     return load_attributes(ATTRIBUTES_DIR)
 
 
+@lru_cache(maxsize=1)
+def _dino():
+    from cascade_booth.evaluation.extractors import DinoExtractor
+
+    return DinoExtractor.from_pretrained(str(ATTRIBUTES_DIR.parent / "dino"), device="cpu")
+
+
 def read_images(paths: list[Path]) -> list[dict[str, str]]:
     """The attribute net's reading of each PNG (class, colour, pattern, context).
 
@@ -93,9 +100,7 @@ def dino_to_subject(groups: dict[str, list[Path]], subject_dir: Path) -> dict[st
     paper's DINO subject fidelity, section 4.1, with ``world/models/dino``, trained so one design is close)."""
     import torch.nn.functional as F
 
-    from cascade_booth.evaluation.extractors import DinoExtractor
-
-    dino = DinoExtractor.from_pretrained(str(ATTRIBUTES_DIR.parent / "dino"), device="cpu")
+    dino = _dino()  # loaded once per process: score_run reads back up to three kinds of renders
 
     def embed(files: list[Path]) -> torch.Tensor:
         return F.normalize(dino.embed_images([Image.open(f).convert("RGB") for f in files], batch_size=32), dim=-1)
