@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             colour = json.loads((subject / "subject.json").read_text())["colour"]
             rows = loss_table(subject, a.draws)
             print(f"{subject.name} ({colour}), epsilon loss / 8x8-block x0 error, best first: "
-                  + " | ".join(f"{w} {e:.4f} / {b:.4f}" for w, e, b in rows))
+                  + " | ".join(f"{w} {e:.5f} / {b:.5f}" for w, e, b in rows))
     else:
         for name, counts in piece_rates(a.colour, a.other, a.class_noun, a.out, a.repeats).items():
             read = ", ".join(f"{k} {v}" for k, v in counts.most_common())
