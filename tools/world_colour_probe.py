@@ -23,12 +23,14 @@ import argparse
 import json
 import tempfile
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 
+@lru_cache(maxsize=1)  # one load per process, however many subjects
 def _models():
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
