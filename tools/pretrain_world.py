@@ -37,7 +37,8 @@ from cascade_booth.world.render import draw_scene
 from cascade_booth.world.sampling import dataset_example
 
 SEED = {"base": 1, "sr": 2}
-DEFAULTS = {"base": dict(batch=32, lr=5e-4), "sr": dict(batch=12, lr=5e-4)}
+# x0_weight_cap: the cap of losses.x0_weights (1 = IF's plain epsilon objective); a later segment may change it.
+DEFAULTS = {"base": dict(batch=32, lr=5e-4, x0_weight_cap=1.0), "sr": dict(batch=12, lr=5e-4, x0_weight_cap=20.0)}
 CROP = 64  # stage two trains on 64 px crops of the 128 px target (its convolutions see the same scales)
 UNCOND = 0.1  # caption dropped to "" this often, for classifier-free guidance at render
 
@@ -142,7 +143,7 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
 def save_state(path: Path, unet, ema, opt, step: int, start: int, cap: float) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "start": start, "sr_weight_cap": cap}, tmp)
+                    "start": start, "x0_weight_cap": cap}, tmp)
 
 
 @torch.no_grad()
@@ -200,10 +201,10 @@ def train(args) -> None:
             x0, cond, labels = sr_batch(hi, low, noising, gen)
         # Stage two weights its loss like the x0 error (losses.x0_weights): plain epsilon MSE barely teaches the SR
         # model to copy its low-res input at high noise, and sampling from pure noise then locks into a wrong start.
-        # The first segment (to step 2300) used cap 20; stage one keeps IF's plain objective.
-        cap = args.sr_weight_cap if args.model == "sr" else 1.0
+        # Stage one began on IF's plain objective; colour and background are decided at high noise too, where the
+        # plain loss hardly tells "orange" from "yellow" (tools/results/world-colour-2026-12-06.md).
         loss = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels,
-                               x0_weight_cap=cap).mean()
+                               x0_weight_cap=args.x0_weight_cap).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -219,7 +220,7 @@ def train(args) -> None:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % args.save_every == 0 or step == args.steps:
             log.flush()
-            save_state(root / "state.pt", unet, ema, opt, step, start, args.sr_weight_cap)
+            save_state(root / "state.pt", unet, ema, opt, step, start, args.x0_weight_cap)
         if step % args.sample_every == 0:
             sample_grid(ema.eval(), args.model, index, embeds, root, step)
     bar.close()
@@ -258,14 +259,24 @@ def export(out: Path) -> None:
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
         summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
                    "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
-        if model == "sr":  # the cap of losses.x0_weights the segments used
-            summary["sr_weight_cap"] = state.get("sr_weight_cap", 20.0)
+        del summary["x0_weight_cap"]  # per segment below: the cap of losses.x0_weights each one trained with
+        caps = [state.get("x0_weight_cap", state.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"]))]
         if earlier is not None:  # this segment started from the shipped weights at step `start`
             summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
             summary["segments"] = earlier.get("segments", [earlier["steps"]]) + [state["step"]]
+            caps = _segment_caps(model, earlier) + caps
+        summary["x0_weight_caps"] = caps
         card.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"exported {model} at step {state['step']} -> {out / model}")
     write_model_card(out)
+
+
+def _segment_caps(model: str, info: dict) -> list[float]:
+    """The x0-weight cap of each segment in a pretrain.json (older cards name one cap, or none for stage one)."""
+    if "x0_weight_caps" in info:
+        return info["x0_weight_caps"]
+    cap = info.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"])
+    return [cap] * len(info.get("segments", [info["steps"]]))
 
 
 def _commit() -> str:
@@ -287,9 +298,11 @@ def write_model_card(out: Path) -> None:
     for model in ("base", "sr"):
         info = json.loads((out / model / "pretrain.json").read_text())
         segments = info.get("segments", [info["steps"]])
-        cmd = f"`python tools/pretrain_world.py --model {model} --steps N` to step {segments[0]}"
-        for end in segments[1:]:  # each later segment carried on from the weights shipped before it
-            cmd += f", then `--steps {end} --init-from-shipped`"
+        caps = _segment_caps(model, info)
+        flag = [f" --x0-weight-cap {c:g}" if c != DEFAULTS[model]["x0_weight_cap"] else "" for c in caps]
+        cmd = f"`python tools/pretrain_world.py --model {model} --steps N{flag[0]}` to step {segments[0]}"
+        for end, extra in zip(segments[1:], flag[1:], strict=True):  # each later one carried on from the shipped
+            cmd += f", then `--steps {end} --init-from-shipped{extra}`"
         lines.append(f"| {model} | {cmd} | {info['steps']} | {info['examples']} | {info['wall_hours']} | "
                      f"{info['final_loss_mean_last_200']} |")
     acceptance = out / "acceptance.json"
@@ -316,7 +329,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--init-from-shipped", action="store_true")
-    parser.add_argument("--sr-weight-cap", type=float, default=20.0, help="stage two: cap of the 1/alpha_bar weight")
+    parser.add_argument("--x0-weight-cap", type=float, help="cap of the 1/alpha_bar loss weight (base 1: plain; sr 20)")
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--out", type=Path, default=cascade.SHIPPED)
     args = parser.parse_args()
