@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 from cascade_booth.errors import InputError
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")  # auto: devices.compute_precision
 OPTIMIZERS = ("adamw", "adamw-in-backward")  # built by cascade_booth.optim.make_optimizer
 
 

@@ -15,6 +15,23 @@ def device() -> torch.device:
     return torch.device("cpu" if use_cpu() else "cuda")
 
 
+def native_bf16(dev: torch.device | str) -> bool:
+    """Whether ``dev`` does bf16 arithmetic in hardware: a CUDA GPU that supports it, an x86 CPU with AVX512-BF16 or
+    AMX-BF16, an ARM CPU with BF16. Elsewhere bf16 is emulated and slower than fp32."""
+    if torch.device(dev).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def compute_precision(setting: str, dev: torch.device | str) -> str:
+    """``setting`` ("no", "fp16", "bf16" or "auto") with "auto" resolved on ``dev``: "bf16" where it is native
+    (``native_bf16``), else "no" (fp32)."""
+    if setting != "auto":
+        return setting
+    return "bf16" if native_bf16(dev) else "no"
+
+
 def frozen_dtype(dev: torch.device | str, mixed_precision: str = "bf16") -> torch.dtype:
     """The dtype of weights that are not trained, on ``dev``: ``mixed_precision``'s compute dtype on a GPU, else fp32.
 

@@ -22,7 +22,7 @@ from cascade_booth import checkpoint as ckpt
 from cascade_booth import parallel
 from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import Config, StageConfig
-from cascade_booth.devices import frozen_dtype
+from cascade_booth.devices import compute_precision, frozen_dtype
 from cascade_booth.diskspace import WRITE_ERRORS, failed, file_bytes, reason, release, reserve
 from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
@@ -76,7 +76,7 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
         unet.requires_grad_(True)
         params = list(unet.parameters())
     else:
-        dtype = frozen_dtype(device, cfg.mixed_precision)  # frozen base weights need no fp32 copy
+        dtype = frozen_dtype(device, compute_precision(cfg.mixed_precision, device))  # frozen: no fp32 copy
         if dtype != torch.float32:
             unet.to(dtype)
         with torch.random.fork_rng(devices=[]):

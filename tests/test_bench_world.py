@@ -47,3 +47,18 @@ def test_diffusers_equal_trains_the_world_presets_settings_and_checkpoints_only_
     assert flag(s1, "--checkpointing_steps") == "1000000"  # the bench: no intermediate checkpoints
     curve, _ = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock", checkpointing=100)
     assert flag(curve, "--checkpointing_steps") == "100"
+
+
+def test_diffusers_equal_trains_each_stage_in_the_precision_the_preset_resolves_to(monkeypatch):
+    import argparse
+    from pathlib import Path
+
+    import torch
+
+    tool = _tool()
+    a = argparse.Namespace(cls="clock", smoke=False, diffusers_script=Path("train_dreambooth_lora.py"))
+    for bf16_units, stage_two in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda units=bf16_units: {"avx512_bf16": units})
+        s1, s2 = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock")
+        assert s1[s1.index("--mixed_precision") + 1] == "no"  # the world preset's stage one is fp32
+        assert s2[s2.index("--mixed_precision") + 1] == stage_two

@@ -49,6 +49,7 @@ from pathlib import Path
 from bench_world_report import quality, write_results  # a sibling: the script's folder is first on sys.path
 
 from cascade_booth.config import load_config
+from cascade_booth.devices import compute_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,15 +162,17 @@ def cascade_booth(a: argparse.Namespace, tool: str, photos: Path, work: Path, en
 
 
 def diffusers_args(a: argparse.Namespace, model: str, photos: Path, out: Path, prompt: str, resolution: int,
-                   steps: int, lr: float, rank: int, batch: int, checkpointing: int = 1_000_000) -> list[str]:
-    """Their script's command line; ``checkpointing``: their ``--checkpointing_steps`` (default: none)."""
+                   steps: int, lr: float, rank: int, batch: int, checkpointing: int = 1_000_000,
+                   precision: str = "no") -> list[str]:
+    """Their script's command line; ``checkpointing``: their ``--checkpointing_steps`` (default: none);
+    ``precision``: their ``--mixed_precision`` ("no" or "bf16")."""
     steps = min(steps, 4) if a.smoke else steps
     return [sys.executable, str(SHIM), str(a.diffusers_script), "--pretrained_model_name_or_path", str(MODELS / model),
             "--instance_data_dir", str(photos), "--instance_prompt", prompt, "--output_dir", str(out), "--seed", "0",
             "--resolution", str(resolution), "--center_crop", "--train_batch_size", str(batch), "--max_train_steps",
             str(steps), "--checkpointing_steps", str(checkpointing), "--learning_rate", str(lr), "--lr_scheduler",
             "constant", "--lr_warmup_steps", "0", "--max_grad_norm", "1.0", "--rank", str(rank),
-            "--mixed_precision", "no", "--dataloader_num_workers", "0", "--pre_compute_text_embeddings",
+            "--mixed_precision", precision, "--dataloader_num_workers", "0", "--pre_compute_text_embeddings",
             "--tokenizer_max_length", "77", "--text_encoder_use_attention_mask"]
 
 
@@ -182,10 +185,12 @@ def equal_commands(a: argparse.Namespace, photos: Path, work: Path, prompt: str,
     prior = ["--with_prior_preservation", "--prior_loss_weight", f"{pp.weight:g}", "--class_prompt", f"a {a.cls}",
              "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else str(pp.class_images),
              "--sample_batch_size", str(pp.batch_size)]
+    # the precision the preset resolves to on this machine (world.toml's "auto": bf16 where the CPU has it)
     s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base_steps or base.steps, base.lr,
-                        base.lora_rank, base.batch_size, checkpointing) + prior
-    s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size) + [
-        "--class_labels_conditioning", "timesteps"]
+                        base.lora_rank, base.batch_size, checkpointing, compute_precision(base.mixed_precision, "cpu"))
+    s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size,
+                        precision=compute_precision(sr.mixed_precision, "cpu"))
+    s1, s2 = s1 + prior, s2 + ["--class_labels_conditioning", "timesteps"]
     return s1, s2
 
 

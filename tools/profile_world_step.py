@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from cascade_booth.condcache import cache_text_conditioning, uncache_text_conditioning
-from cascade_booth.config import load_config
+from cascade_booth.config import apply_overrides, load_config
 from cascade_booth.session import TrainRequest
 from cascade_booth.trainer import Callbacks, _Run
 from stages import base, sr
@@ -78,10 +78,11 @@ def prepare(a: argparse.Namespace, tmp: Path):
         run = tmp / "run"
         # without its stage-two folder the copy trains stage two afresh (run.json's record matters on --resume only)
         shutil.copytree(a.stage_two, run, ignore=shutil.ignore_patterns("sr", ".lock"))
-        stage = sr.prepare(sr.SRRequest(run=run, config="world"))
+        stage = sr.prepare(sr.SRRequest(run=run, config="world", overrides={"mixed_precision": a.mixed_precision}))
         return stage, stage.config.sr, diffusers_style_sr_step
     noun = a.class_noun or json.loads((a.subject / "subject.json").read_text())["class"]
-    stage = base.prepare(TrainRequest(subject=a.subject, class_noun=noun, run=tmp / "run", config=load_config("world")))
+    cfg = apply_overrides(load_config("world"), "base", mixed_precision=a.mixed_precision)
+    stage = base.prepare(TrainRequest(subject=a.subject, class_noun=noun, run=tmp / "run", config=cfg))
     return stage, stage.config.base, diffusers_style_step
 
 
@@ -93,6 +94,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="steps per variant, in rounds of 10")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "auto"],
+                   help="the trainer's precision (default: the world preset's); the diffusers-style step then runs "
+                        "under the same autocast")
     a = p.parse_args()
     if (a.subject is None) == (a.stage_two is None):
         p.error("give --subject (stage one) or --stage-two RUN")
