@@ -14,7 +14,8 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 - ``cascade-booth-short``: the same preset with a third of the steps (stage one 200, stage two 100), and
   ``cascade-booth-100`` (100 and 100): how long the whole cascade takes to reach diffusers-equal's quality
   (stage one alone passes it after 100 steps, ``tools/bench_world_curve.py``).
-- ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank and batch (stage one with
+- ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank, batch and precision (as
+  resolved on this machine: stage two in bf16 where the CPU has bf16 units) (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
   stage two ``--class_labels_conditioning timesteps``: the noisy target concatenated with itself).
 - ``diffusers-recommended``: their README's IF stage-I LoRA recipe (1,200 steps, batch 4, lr 5e-6 with
