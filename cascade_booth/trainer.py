@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from cascade_booth import checkpoint as ckpt
 from cascade_booth.condcache import uncache_text_conditioning
 from cascade_booth.config import StageConfig
-from cascade_booth.devices import compute_precision, use_cpu
+from cascade_booth.devices import compute_precision, device, use_cpu
 from cascade_booth.errors import InputError, RunError, TrainingAborted
 from cascade_booth.interrupts import StopSignals
 from cascade_booth.losses import prior_weighted_mean
@@ -138,7 +138,7 @@ class _Run:
         from accelerate.state import AcceleratorState
 
         self.job, self.cfg, self.root, self.seed, self.cb = job, cfg, root, seed, cb
-        precision = compute_precision(cfg.mixed_precision, "cpu" if use_cpu() else "cuda")
+        precision = compute_precision(cfg.mixed_precision, device())
         # accelerate keeps one precision per process and refuses another; a process that trains several runs
         # (a sweep, a UI, the tests) gives each its own. The process group (PartialState) stays.
         AcceleratorState._reset_state()

@@ -50,7 +50,7 @@ from pathlib import Path
 from bench_world_report import quality, write_results  # a sibling: the script's folder is first on sys.path
 
 from cascade_booth.config import load_config
-from cascade_booth.devices import compute_precision
+from cascade_booth.devices import compute_precision, device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,10 +187,11 @@ def equal_commands(a: argparse.Namespace, photos: Path, work: Path, prompt: str,
              "--class_data_dir", str(work / "class"), "--num_class_images", "4" if a.smoke else str(pp.class_images),
              "--sample_batch_size", str(pp.batch_size)]
     # the precision the preset resolves to on this machine (world.toml's "auto": bf16 where the CPU has it)
+    p1, p2 = (compute_precision(stage.mixed_precision, device()) for stage in (base, sr))
     s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base_steps or base.steps, base.lr,
-                        base.lora_rank, base.batch_size, checkpointing, compute_precision(base.mixed_precision, "cpu"))
+                        base.lora_rank, base.batch_size, checkpointing, p1)
     s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size,
-                        precision=compute_precision(sr.mixed_precision, "cpu"))
+                        precision=p2)
     s1, s2 = s1 + prior, s2 + ["--class_labels_conditioning", "timesteps"]
     return s1, s2
 
