@@ -66,3 +66,34 @@ def test_x0_weights_follow_one_over_alpha_bar_up_to_the_cap():
     below = w < 20.0
     assert torch.allclose(w[below], 1.0 / sched.alphas_cumprod[below].float())
     assert 300 < int(below.sum()) < 1000  # the cap only bites at the noisiest steps
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in UNet that keeps the noisy input it was given and predicts zeros (6 channels: learned variance)."""
+
+    def forward(self, x, t, encoder_hidden_states=None, class_labels=None, return_dict=False):
+        self.x_t, self.t = x, t
+        return (torch.zeros(x.shape[0], 6, *x.shape[2:]),)
+
+
+def test_offset_noise_shifts_each_images_noise_mean_and_zero_leaves_the_stream_alone():
+    from cascade_booth.diffusion import training_losses
+
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    x0, text = torch.zeros(64, 3, 16, 16), torch.zeros(64, 4, 8)
+    unet = _Recorder()
+
+    used = torch.Generator()
+
+    def noise_means(offset: float) -> torch.Tensor:
+        training_losses(unet, sched, x0, text, used.manual_seed(0), "learned", offset_noise=offset)
+        noise = unet.x_t / (1 - sched.alphas_cumprod[unet.t]).sqrt().view(-1, 1, 1, 1)  # x0 = 0: x_t is the noise
+        return noise.mean(dim=(2, 3))  # [64, 3]: each image's, each channel's mean
+
+    gen = torch.Generator().manual_seed(0)  # offset 0: exactly the draws made before offset noise existed
+    t = torch.randint(0, 1000, (64,), generator=gen)
+    plain = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
+    noise_means(0.0)
+    assert torch.equal(unet.x_t, plain) and torch.equal(used.get_state(), gen.get_state())  # and no draw after
+    assert noise_means(0.0).std().item() == pytest.approx(1 / 16, rel=0.2)  # the mean of 256 unit draws
+    assert noise_means(1.0).std().item() == pytest.approx((1 + 1 / 256) ** 0.5, rel=0.2)

@@ -38,7 +38,8 @@ from cascade_booth.world.sampling import dataset_example
 
 SEED = {"base": 1, "sr": 2}
 # x0_weight_cap: the cap of losses.x0_weights (1 = IF's plain epsilon objective); a later segment may change it.
-DEFAULTS = {"base": dict(batch=32, lr=5e-4, x0_weight_cap=1.0), "sr": dict(batch=12, lr=5e-4, x0_weight_cap=20.0)}
+DEFAULTS = {"base": dict(batch=32, lr=5e-4, x0_weight_cap=1.0, offset_noise=0.0),
+            "sr": dict(batch=12, lr=5e-4, x0_weight_cap=20.0, offset_noise=0.0)}
 CROP = 64  # stage two trains on 64 px crops of the 128 px target (its convolutions see the same scales)
 UNCOND = 0.1  # caption dropped to "" this often, for classifier-free guidance at render
 
@@ -140,10 +141,11 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
     return hi[..., y:y + CROP, x:x + CROP], cond[..., y:y + CROP, x:x + CROP], levels
 
 
-def save_state(path: Path, unet, ema, opt, step: int, start: int, cap: float) -> None:
+def save_state(path: Path, unet, ema, opt, step: int, start: int, args) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "start": start, "x0_weight_cap": cap}, tmp)
+                    "start": start, "x0_weight_cap": args.x0_weight_cap, "offset_noise": args.offset_noise,
+                    "ema_decay": args.ema}, tmp)
 
 
 @torch.no_grad()
@@ -204,7 +206,7 @@ def train(args) -> None:
         # Stage one began on IF's plain objective; colour and background are decided at high noise too, where the
         # plain loss hardly tells "orange" from "yellow" (tools/results/world-colour-2026-12-06.md).
         loss = training_losses(unet, sched, x0, embeds[text], gen, "learned", cond=cond, class_labels=labels,
-                               x0_weight_cap=args.x0_weight_cap).mean()
+                               x0_weight_cap=args.x0_weight_cap, offset_noise=args.offset_noise).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -220,7 +222,7 @@ def train(args) -> None:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % args.save_every == 0 or step == args.steps:
             log.flush()
-            save_state(root / "state.pt", unet, ema, opt, step, start, args.x0_weight_cap)
+            save_state(root / "state.pt", unet, ema, opt, step, start, args)
         if step % args.sample_every == 0:
             sample_grid(ema.eval(), args.model, index, embeds, root, step)
     bar.close()
@@ -259,24 +261,42 @@ def export(out: Path) -> None:
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
         summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
                    "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
-        del summary["x0_weight_cap"]  # per segment below: the cap of losses.x0_weights each one trained with
-        caps = [state.get("x0_weight_cap", state.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"]))]
+        del summary["x0_weight_cap"], summary["offset_noise"], summary["ema"]  # per segment below
+        this = {"x0_weight_caps": state.get("x0_weight_cap", state.get("sr_weight_cap",
+                                                                         DEFAULTS[model]["x0_weight_cap"])),
+                "offset_noises": state.get("offset_noise", 0.0), "emas": state.get("ema_decay", 0.999)}
+        segments = {key: [value] for key, value in this.items()}
         if earlier is not None:  # this segment started from the shipped weights at step `start`
             summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
             summary["segments"] = earlier.get("segments", [earlier["steps"]]) + [state["step"]]
-            caps = _segment_caps(model, earlier) + caps
-        summary["x0_weight_caps"] = caps
+            segments = {key: segment_values(model, earlier, key) + [value] for key, value in this.items()}
+        summary.update(segments)
         card.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"exported {model} at step {state['step']} -> {out / model}")
     write_model_card(out)
 
 
-def _segment_caps(model: str, info: dict) -> list[float]:
-    """The x0-weight cap of each segment in a pretrain.json (older cards name one cap, or none for stage one)."""
-    if "x0_weight_caps" in info:
-        return info["x0_weight_caps"]
-    cap = info.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"])
-    return [cap] * len(info.get("segments", [info["steps"]]))
+# Per-segment settings in pretrain.json: key -> (command-line flag, value when a card does not name it)
+SEGMENT_FLAGS = {"x0_weight_caps": "--x0-weight-cap", "offset_noises": "--offset-noise", "emas": "--ema"}
+
+
+def segment_values(model: str, info: dict, key: str) -> list[float]:
+    """One setting (a ``SEGMENT_FLAGS`` key) for each segment of a pretrain.json; older cards name the x0-weight cap
+    once (stage two's ``sr_weight_cap``) or not at all, and no offset noise (0) or EMA (0.999)."""
+    if key in info:
+        return info[key]
+    default = {"x0_weight_caps": info.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"]), "offset_noises": 0.0,
+               "emas": info.get("ema", 0.999)}[key]
+    return [default] * len(info.get("segments", [info["steps"]]))
+
+
+def _flags(model: str, info: dict) -> list[str]:
+    """Each segment's non-default settings as command-line flags."""
+    defaults = {"x0_weight_caps": DEFAULTS[model]["x0_weight_cap"], "offset_noises": 0.0, "emas": 0.999}
+    columns = [segment_values(model, info, key) for key in SEGMENT_FLAGS]
+    return ["".join(f" {flag} {value:g}" for flag, value, key in zip(SEGMENT_FLAGS.values(), values, SEGMENT_FLAGS,
+                                                                       strict=True) if value != defaults[key])
+            for values in zip(*columns, strict=True)]
 
 
 def _commit() -> str:
@@ -298,8 +318,7 @@ def write_model_card(out: Path) -> None:
     for model in ("base", "sr"):
         info = json.loads((out / model / "pretrain.json").read_text())
         segments = info.get("segments", [info["steps"]])
-        caps = _segment_caps(model, info)
-        flag = [f" --x0-weight-cap {c:g}" if c != DEFAULTS[model]["x0_weight_cap"] else "" for c in caps]
+        flag = _flags(model, info)
         cmd = f"`python tools/pretrain_world.py --model {model} --steps N{flag[0]}` to step {segments[0]}"
         for end, extra in zip(segments[1:], flag[1:], strict=True):  # each later one carried on from the shipped
             cmd += f", then `--steps {end} --init-from-shipped{extra}`"
@@ -330,6 +349,8 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--init-from-shipped", action="store_true")
     parser.add_argument("--x0-weight-cap", type=float, help="cap of the 1/alpha_bar loss weight (base 1: plain; sr 20)")
+    parser.add_argument("--offset-noise", type=float, help="std of a per-image, per-channel constant added to the "
+                        "noise (diffusion.training_losses; 0: IF's plain noise)")
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--out", type=Path, default=cascade.SHIPPED)
     args = parser.parse_args()
