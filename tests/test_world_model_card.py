@@ -32,7 +32,8 @@ def test_model_card_names_each_segments_own_settings(tmp_path):
     tool = load_tool("pretrain_world")
     base = {"steps": 9400, "examples": 300800, "wall_hours": 5.8, "final_loss_mean_last_200": 0.03,
             "segments": [3900, 7400, 9400, 9900], "x0_weight_caps": [1.0, 1.0, 20.0, 1.0],
-            "offset_noises": [0.0, 0.0, 0.0, 0.1], "emas": [0.999, 0.999, 0.999, 0.995]}
+            "offset_noises": [0.0, 0.0, 0.0, 0.1], "emas": [0.999, 0.999, 0.999, 0.995],
+            "lrs": [5e-4, 5e-4, 5e-4, 2e-3]}
     sr = {"steps": 5800, "examples": 69600, "wall_hours": 3.2, "final_loss_mean_last_200": 0.0427,
           "segments": [2300, 5800], "sr_weight_cap": 20.0}  # an older card: one cap for every segment
     for name, info in (("base", base), ("sr", sr)):
@@ -44,7 +45,8 @@ def test_model_card_names_each_segments_own_settings(tmp_path):
     sr_row = next(line for line in rows if line.startswith("| sr"))
     assert ("--steps N` to step 3900, then `--steps 7400 --init-from-shipped`, then "
             "`--steps 9400 --init-from-shipped --x0-weight-cap 20`, then "
-            "`--steps 9900 --init-from-shipped --offset-noise 0.1 --ema 0.995`") in base_row
+            "`--steps 9900 --init-from-shipped --offset-noise 0.1 --ema 0.995 --lr 0.002`") in base_row
     assert "x0-weight-cap" not in sr_row  # stage two's cap 20 is its default
     assert tool.segment_values("sr", sr, "x0_weight_caps") == [20.0, 20.0]
     assert tool.segment_values("sr", sr, "offset_noises") == [0.0, 0.0]
+    assert tool.segment_values("sr", sr, "lrs") == [5e-4, 5e-4]

@@ -145,7 +145,7 @@ def save_state(path: Path, unet, ema, opt, step: int, start: int, args) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                     "start": start, "x0_weight_cap": args.x0_weight_cap, "offset_noise": args.offset_noise,
-                    "ema_decay": args.ema}, tmp)
+                    "ema_decay": args.ema, "lr": args.lr}, tmp)
 
 
 @torch.no_grad()
@@ -261,10 +261,11 @@ def export(out: Path) -> None:
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
         summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
                    "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
-        del summary["x0_weight_cap"], summary["offset_noise"], summary["ema"]  # per segment below
+        del summary["x0_weight_cap"], summary["offset_noise"], summary["ema"], summary["lr"]  # per segment below
         this = {"x0_weight_caps": state.get("x0_weight_cap", state.get("sr_weight_cap",
                                                                          DEFAULTS[model]["x0_weight_cap"])),
-                "offset_noises": state.get("offset_noise", 0.0), "emas": state.get("ema_decay", 0.999)}
+                "offset_noises": state.get("offset_noise", 0.0), "emas": state.get("ema_decay", 0.999),
+                "lrs": state.get("lr", DEFAULTS[model]["lr"])}
         segments = {key: [value] for key, value in this.items()}
         if earlier is not None:  # this segment started from the shipped weights at step `start`
             summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
@@ -277,22 +278,24 @@ def export(out: Path) -> None:
 
 
 # Per-segment settings in pretrain.json: key -> (command-line flag, value when a card does not name it)
-SEGMENT_FLAGS = {"x0_weight_caps": "--x0-weight-cap", "offset_noises": "--offset-noise", "emas": "--ema"}
+SEGMENT_FLAGS = {"x0_weight_caps": "--x0-weight-cap", "offset_noises": "--offset-noise", "emas": "--ema",
+                 "lrs": "--lr"}
 
 
 def segment_values(model: str, info: dict, key: str) -> list[float]:
     """One setting (a ``SEGMENT_FLAGS`` key) for each segment of a pretrain.json; older cards name the x0-weight cap
-    once (stage two's ``sr_weight_cap``) or not at all, and no offset noise (0) or EMA (0.999)."""
+    once (stage two's ``sr_weight_cap``) or not at all, and no offset noise (0), EMA (0.999) or lr (one for all)."""
     if key in info:
         return info[key]
     default = {"x0_weight_caps": info.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"]), "offset_noises": 0.0,
-               "emas": info.get("ema", 0.999)}[key]
+               "emas": info.get("ema", 0.999), "lrs": info.get("lr", DEFAULTS[model]["lr"])}[key]
     return [default] * len(info.get("segments", [info["steps"]]))
 
 
 def _flags(model: str, info: dict) -> list[str]:
     """Each segment's non-default settings as command-line flags."""
-    defaults = {"x0_weight_caps": DEFAULTS[model]["x0_weight_cap"], "offset_noises": 0.0, "emas": 0.999}
+    defaults = {"x0_weight_caps": DEFAULTS[model]["x0_weight_cap"], "offset_noises": 0.0, "emas": 0.999,
+                "lrs": DEFAULTS[model]["lr"]}
     columns = [segment_values(model, info, key) for key in SEGMENT_FLAGS]
     return ["".join(f" {flag} {value:g}" for flag, value, key in zip(SEGMENT_FLAGS.values(), values, SEGMENT_FLAGS,
                                                                        strict=True) if value != defaults[key])
