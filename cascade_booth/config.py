@@ -84,6 +84,9 @@ class StageConfig:
     # Per-sample loss weight min(1 / alpha_bar_t, cap): the error of the implied x0 where the image is mostly noise
     # (Salimans & Ho 2022's truncated-SNR weighting, capped); 1 keeps IF's plain epsilon loss. diffusion.loss_weights.
     x0_weight_cap: float = 1.0
+    # Standard deviation of a per-image, per-channel constant added to the training noise (offset noise,
+    # diffusion.training_losses): 0 is IF's plain noise; a model pretrained with it is fine-tuned with it.
+    offset_noise: float = 0.0
     warmup_steps: int = 0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2

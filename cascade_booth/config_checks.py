@@ -59,6 +59,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "steps": POSITIVE, "batch_size": POSITIVE, "lr": Range(0, 1, open_low=True), "lora_rank": POSITIVE,
         "gradient_accumulation": POSITIVE, "max_grad_norm": Range(0, hint=" (0: no clipping)"),
         "x0_weight_cap": Range(1.0, hint=" (1: IF's plain epsilon loss)"),
+        "offset_noise": Range(0, 1, hint=" (0: IF's plain noise)"),
         "warmup_steps": NON_NEGATIVE, "checkpoint_every": NON_NEGATIVE, "keep_checkpoints": POSITIVE,
         "validation_every": NON_NEGATIVE, "max_bad_steps": POSITIVE,
     },

@@ -65,6 +65,9 @@ TABLE: tuple[Flag, ...] = (
     Flag("--x0-weight-cap", (f"{STAGE}.x0_weight_cap",),
          f"Weight each sample's loss by min(1/alpha_bar_t, cap): the colours and layout decided at high noise "
          f"learn faster (1: IF's plain loss). {_OVER} x0_weight_cap."),
+    Flag("--offset-noise", (f"{STAGE}.offset_noise",),
+         f"Add a per-image, per-channel constant of this std to the training noise (0: IF's plain noise; use what "
+         f"the model was pretrained with). {_OVER} offset_noise."),
     Flag("--gradient-checkpointing/--no-gradient-checkpointing", (f"{STAGE}.gradient_checkpointing",),
          "Recompute activations in backward: less memory, about 30% slower."),
     Flag("--prior/--no-prior", ("prior.enabled",), "Class-specific prior preservation (default on).",

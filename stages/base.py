@@ -47,6 +47,7 @@ class BaseJob:
     variance: str
     seed: int
     x0_weight_cap: float = 1.0
+    offset_noise: float = 0.0
     name: str = NAME
     offset: IdentifierOffset | None = None  # identifier.offset_lr > 0: added at [V]'s tokens (identifier_mask)
     identifier_mask: torch.Tensor | None = None  # [77] bool
@@ -72,7 +73,7 @@ class BaseJob:
     def losses(self, unet, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         dev = next(unet.parameters()).device
         return training_losses(unet, self.scheduler, batch.x0.to(dev), batch.text.to(dev), generator, self.variance,
-                               x0_weight_cap=self.x0_weight_cap)
+                               x0_weight_cap=self.x0_weight_cap, offset_noise=self.offset_noise)
 
 
 def prepare(req: TrainRequest, progress=None) -> PreparedStage:
@@ -125,6 +126,7 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
         instance_text=instance_text, class_images=class_tensor, class_text=class_text,
         batch_size=cfg.base.batch_size, prior_weight=cfg.prior.weight if cfg.prior.enabled else 0.0,
         variance=cfg.base.variance, seed=cfg.seed, x0_weight_cap=cfg.base.x0_weight_cap,
+        offset_noise=cfg.base.offset_noise,
         offset=offset, identifier_mask=mask, extras=extras,
     )
 

@@ -82,6 +82,7 @@ class SRJob:
     seed: int
     prior_weight: float = 0.0
     x0_weight_cap: float = 1.0
+    offset_noise: float = 0.0
     name: str = NAME
     extras: dict[str, Extra] = field(default_factory=dict)  # stage two trains the UNet alone
 
@@ -100,7 +101,8 @@ class SRJob:
         cond, labels = sr_condition(batch.low_res.to(dev), x0.shape[-1], self.noise_level, self.noising_scheduler,
                                     generator)
         return training_losses(unet, self.scheduler, x0, batch.text.to(dev), generator, self.variance,
-                               cond=cond, class_labels=labels, x0_weight_cap=self.x0_weight_cap)
+                               cond=cond, class_labels=labels, x0_weight_cap=self.x0_weight_cap,
+                               offset_noise=self.offset_noise)
 
 
 def _first_config(config: str | Path | Config | None, run: Path, meta: dict[str, Any]) -> Config:
@@ -221,7 +223,7 @@ def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int) -> SRJo
         noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),
         targets=stack_images(photos, sr_res), low_res=stack_images(photos, base_res), text=texts.get(prompt),
         batch_size=cfg.sr.batch_size, noise_level=cfg.sr.noise_level, variance=cfg.sr.variance, seed=cfg.seed,
-        x0_weight_cap=cfg.sr.x0_weight_cap,
+        x0_weight_cap=cfg.sr.x0_weight_cap, offset_noise=cfg.sr.offset_noise,
     )
 
 

@@ -242,6 +242,23 @@ def test_x0_weight_cap_reaches_the_job_and_weights_each_sample_by_its_timestep(c
     assert not torch.allclose(weighted, plain)
 
 
+def test_offset_noise_reaches_the_job_and_its_losses(clock_subject, tmp_path):
+    from cascade_booth.session import TrainRequest
+    from stages.base import prepare
+
+    cfg = tiny_config(steps=1, offset_noise=0.3)
+    cfg.prior.enabled = False
+    ctx, job, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "run", config=cfg))
+    ctx.run.unlock()
+    assert job.offset_noise == 0.3
+    batch = job.batch(0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        offset = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+        job.offset_noise = 0.0
+        plain = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+    assert not torch.allclose(offset, plain)
+
+
 # 4. a sweep point's settings reach its run ------------------------------------------------------------------
 
 

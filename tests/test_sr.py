@@ -62,6 +62,18 @@ def _first_unet_call(unet, fn) -> dict:
 # (a) conditioning identity ------------------------------------------------------------------------------
 
 
+def test_offset_noise_reaches_stage_twos_job_and_its_losses(stage_one):
+    ctx, job, _ = sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(offset_noise=0.2)))
+    ctx.run.unlock()
+    assert job.offset_noise == 0.2
+    batch = job.batch(0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        offset = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+        job.offset_noise = 0.0
+        plain = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+    assert not torch.allclose(offset, plain)
+
+
 @pytest.fixture(scope="module")
 def captured(stage_one):
     """UNet inputs from a training loss, our sampler and diffusers' IFSuperResolutionPipeline, same seed."""
