@@ -2,8 +2,8 @@
 
 It is also the test that fails when personalization breaks anywhere between the photos and the
 pixels (identifier, LoRA training, adapter loading, [V] substitution, both stages): the [V] renders
-must be far closer to the subject's photos, by the world DINO, than the pretrained cascade's renders
-of the same class prompts, and closer than the run's own class prompts.
+must be closer to the subject's photos, by the world DINO, than the pretrained cascade's renders
+of the same class prompts and the run's own class prompts, and show the subject's colour far more often.
 """
 
 import json
@@ -28,11 +28,14 @@ def test_demo_personalizes_the_world_cascade(tmp_path):
     assert meta["prompt"].startswith(f"a {run['identifier']} clock ") and meta["kind"] == "instance"
     figures = json.loads((out / "metrics.json").read_text())
     assert figures["instance"]["images"] == len(CONTEXTS)
-    # the identifier carries the subject: its renders are far closer to the subject's photos (world DINO) than
-    # the pretrained cascade's renders of the same class prompts, and closer than the run's own class prompts
+    # the identifier carries the subject: its renders are closer to the subject's photos (world DINO) than the
+    # pretrained cascade's renders of the same class prompts, and closer than the run's own class prompts, and they
+    # show the subject's colour far more often. (Since the offset-noise stage one of 2026-12-06 the pretrained
+    # cascade draws clocks the world DINO rates +0.35 to the photos, -0.27 before: the DINO margin went 0.68 -> 0.19.)
     dino = {kind: figures[kind]["dino"] for kind in ("instance", "class", "pretrained")}
-    assert dino["instance"] >= dino["pretrained"] + 0.3, dino
+    assert dino["instance"] >= dino["pretrained"] + 0.15, dino
     assert dino["instance"] > dino["class"], dino
+    assert figures["instance"]["colour"] >= figures["pretrained"]["colour"] + 0.5, figures
     assert Image.open(out / "demo.png").size[0] > 128 * len(CONTEXTS)
     assert "demo.png" in (out / "report.html").read_text()
 
