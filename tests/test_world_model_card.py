@@ -47,6 +47,6 @@ def test_model_card_names_each_segments_own_settings(tmp_path):
             "`--steps 9400 --init-from-shipped --x0-weight-cap 20`, then "
             "`--steps 9900 --init-from-shipped --offset-noise 0.1 --ema 0.995 --lr 0.002`") in base_row
     assert "x0-weight-cap" not in sr_row  # stage two's cap 20 is its default
-    assert tool.segment_values("sr", sr, "x0_weight_caps") == [20.0, 20.0]
-    assert tool.segment_values("sr", sr, "offset_noises") == [0.0, 0.0]
-    assert tool.segment_values("sr", sr, "lrs") == [5e-4, 5e-4]
+    assert tool.segment_values("sr", sr, "x0_weight_cap") == [20.0, 20.0]
+    assert tool.segment_values("sr", sr, "offset_noise") == [0.0, 0.0]
+    assert tool.segment_values("sr", sr, "lr") == [5e-4, 5e-4]

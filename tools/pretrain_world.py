@@ -37,9 +37,12 @@ from cascade_booth.world.render import draw_scene
 from cascade_booth.world.sampling import dataset_example
 
 SEED = {"base": 1, "sr": 2}
-# x0_weight_cap: the cap of losses.x0_weights (1 = IF's plain epsilon objective); a later segment may change it.
-DEFAULTS = {"base": dict(batch=32, lr=5e-4, x0_weight_cap=1.0, offset_noise=0.0),
-            "sr": dict(batch=12, lr=5e-4, x0_weight_cap=20.0, offset_noise=0.0)}
+# x0_weight_cap: the cap of losses.x0_weights (1 = IF's plain epsilon objective); offset_noise: that of
+# diffusion.training_losses (0 = IF's plain noise). A later segment may change any of SETTINGS; pretrain.json lists
+# each per segment.
+DEFAULTS = {"base": dict(batch=32, lr=5e-4, x0_weight_cap=1.0, offset_noise=0.0, ema=0.999),
+            "sr": dict(batch=12, lr=5e-4, x0_weight_cap=20.0, offset_noise=0.0, ema=0.999)}
+SETTINGS = ("x0_weight_cap", "offset_noise", "ema", "lr")  # per segment: pretrain.json's "<name>s", the card's --flag
 CROP = 64  # stage two trains on 64 px crops of the 128 px target (its convolutions see the same scales)
 UNCOND = 0.1  # caption dropped to "" this often, for classifier-free guidance at render
 
@@ -144,8 +147,7 @@ def sr_batch(hi: torch.Tensor, low: torch.Tensor, noising, gen: torch.Generator)
 def save_state(path: Path, unet, ema, opt, step: int, start: int, args) -> None:
     with atomic_path(path) as tmp:
         torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "start": start, "x0_weight_cap": args.x0_weight_cap, "offset_noise": args.offset_noise,
-                    "ema_decay": args.ema, "lr": args.lr}, tmp)
+                    "start": start, "settings": {name: getattr(args, name) for name in SETTINGS}}, tmp)
 
 
 @torch.no_grad()
@@ -259,46 +261,47 @@ def export(out: Path) -> None:
         unet = UNet2DConditionModel(**cascade.unet_config(stage))
         unet.load_state_dict(state["ema"])
         cascade.save_pipeline(out / model, stage, unet.half(), tok, enc)
-        summary = {**training_summary(model, state["step"]), "seed": SEED[model], **DEFAULTS[model],
-                   "ema": 0.999, "data": "world stream: example k = dataset_example(seed, k), infinite"}
-        del summary["x0_weight_cap"], summary["offset_noise"], summary["ema"], summary["lr"]  # per segment below
-        this = {"x0_weight_caps": state.get("x0_weight_cap", state.get("sr_weight_cap",
-                                                                         DEFAULTS[model]["x0_weight_cap"])),
-                "offset_noises": state.get("offset_noise", 0.0), "emas": state.get("ema_decay", 0.999),
-                "lrs": state.get("lr", DEFAULTS[model]["lr"])}
-        segments = {key: [value] for key, value in this.items()}
+        summary = {**training_summary(model, state["step"]), "seed": SEED[model], "batch": DEFAULTS[model]["batch"],
+                   "data": "world stream: example k = dataset_example(seed, k), infinite"}
+        this = _state_settings(model, state)
+        segments = {name: [this[name]] for name in SETTINGS}
         if earlier is not None:  # this segment started from the shipped weights at step `start`
             summary["wall_hours"] = round(summary["wall_hours"] + earlier["wall_hours"], 2)
             summary["segments"] = earlier.get("segments", [earlier["steps"]]) + [state["step"]]
-            segments = {key: segment_values(model, earlier, key) + [value] for key, value in this.items()}
-        summary.update(segments)
+            segments = {name: segment_values(model, earlier, name) + [this[name]] for name in SETTINGS}
+        summary.update({f"{name}s": values for name, values in segments.items()})
         card.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"exported {model} at step {state['step']} -> {out / model}")
     write_model_card(out)
 
 
-# Per-segment settings in pretrain.json: key -> (command-line flag, value when a card does not name it)
-SEGMENT_FLAGS = {"x0_weight_caps": "--x0-weight-cap", "offset_noises": "--offset-noise", "emas": "--ema",
-                 "lrs": "--lr"}
+def _old_x0_cap(saved: dict) -> dict[str, float]:
+    """States and cards written before SETTINGS name the x0-weight cap at their top level, stage two's as
+    ``sr_weight_cap`` (or not at all: the default)."""
+    cap = saved.get("x0_weight_cap", saved.get("sr_weight_cap"))
+    return {} if cap is None else {"x0_weight_cap": cap}
 
 
-def segment_values(model: str, info: dict, key: str) -> list[float]:
-    """One setting (a ``SEGMENT_FLAGS`` key) for each segment of a pretrain.json; older cards name the x0-weight cap
-    once (stage two's ``sr_weight_cap``) or not at all, and no offset noise (0), EMA (0.999) or lr (one for all)."""
-    if key in info:
-        return info[key]
-    default = {"x0_weight_caps": info.get("sr_weight_cap", DEFAULTS[model]["x0_weight_cap"]), "offset_noises": 0.0,
-               "emas": info.get("ema", 0.999), "lrs": info.get("lr", DEFAULTS[model]["lr"])}[key]
-    return [default] * len(info.get("segments", [info["steps"]]))
+def _state_settings(model: str, state: dict) -> dict[str, float]:
+    """The SETTINGS a pretraining state was trained with (a setting it does not name: the default)."""
+    saved = state.get("settings", _old_x0_cap(state))
+    return {name: saved.get(name, DEFAULTS[model][name]) for name in SETTINGS}
+
+
+def segment_values(model: str, info: dict, name: str) -> list[float]:
+    """One of SETTINGS for each segment of a pretrain.json; older cards name it once for all segments (the lr, the
+    EMA, the x0-weight cap: ``_old_x0_cap``) or not at all (the default)."""
+    if f"{name}s" in info:
+        return info[f"{name}s"]
+    default = {"lr": info.get("lr"), "ema": info.get("ema"), **_old_x0_cap(info)}.get(name)
+    return [DEFAULTS[model][name] if default is None else default] * len(info.get("segments", [info["steps"]]))
 
 
 def _flags(model: str, info: dict) -> list[str]:
-    """Each segment's non-default settings as command-line flags."""
-    defaults = {"x0_weight_caps": DEFAULTS[model]["x0_weight_cap"], "offset_noises": 0.0, "emas": 0.999,
-                "lrs": DEFAULTS[model]["lr"]}
-    columns = [segment_values(model, info, key) for key in SEGMENT_FLAGS]
-    return ["".join(f" {flag} {value:g}" for flag, value, key in zip(SEGMENT_FLAGS.values(), values, SEGMENT_FLAGS,
-                                                                       strict=True) if value != defaults[key])
+    """Each segment's non-default settings as command-line flags (``--x0-weight-cap 20``)."""
+    columns = [segment_values(model, info, name) for name in SETTINGS]
+    return ["".join(f" --{name.replace('_', '-')} {value:g}" for name, value in zip(SETTINGS, values, strict=True)
+                    if value != DEFAULTS[model][name])
             for values in zip(*columns, strict=True)]
 
 
@@ -345,7 +348,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--ema", type=float, help="EMA decay (0.999)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--save-every", type=int, default=100)
