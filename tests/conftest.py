@@ -57,6 +57,17 @@ def tiny_config(**base):
     return cfg
 
 
+def job_losses(job, batch, **settings):
+    """A stage Job's per-sample losses on ``batch`` with ``settings`` set on the job first, always from the same
+    generator (seed 3), so two calls differ by the settings alone."""
+    import torch
+
+    for name, value in settings.items():
+        setattr(job, name, value)
+    with torch.no_grad():
+        return job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Two OpenMP threads on a busy 2-core machine can be 100x slower than one."""

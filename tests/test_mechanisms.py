@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import clock_photos, tiny_config
+from conftest import clock_photos, job_losses, tiny_config
 from safetensors.torch import load_file
 
 from cascade_booth import runner
@@ -222,41 +222,36 @@ def test_full_fine_tune_step_moves_the_unet(clock_subject, tmp_path):
         assert name in moved, name
 
 
-def test_x0_weight_cap_reaches_the_job_and_weights_each_sample_by_its_timestep(clock_subject, tmp_path):
-    from cascade_booth.losses import x0_weights
+def _stage_one_job(subject: Path, run: Path, **base):
+    """Stage one's Job on the tiny cascade, without class images, with ``base`` settings; the run unlocked."""
     from cascade_booth.session import TrainRequest
     from stages.base import prepare
 
-    cfg = tiny_config(steps=1, x0_weight_cap=20.0)
+    cfg = tiny_config(steps=1, **base)
     cfg.prior.enabled = False
-    ctx, job, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "run", config=cfg))
+    ctx, job, _ = prepare(TrainRequest(subject=subject, class_noun="clock", run=run, config=cfg))
     ctx.run.unlock()
+    return job
+
+
+def test_x0_weight_cap_reaches_the_job_and_weights_each_sample_by_its_timestep(clock_subject, tmp_path):
+    from cascade_booth.losses import x0_weights
+
+    job = _stage_one_job(clock_subject, tmp_path / "run", x0_weight_cap=20.0)
     assert job.x0_weight_cap == 20.0
     batch = job.batch(0, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        weighted = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
-        job.x0_weight_cap = 1.0
-        plain = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
+    weighted = job_losses(job, batch)
+    plain = job_losses(job, batch, x0_weight_cap=1.0)
     t = torch.randint(0, 1000, (len(plain),), generator=torch.Generator().manual_seed(3))  # what the loss drew first
     assert torch.allclose(weighted, plain * x0_weights(job.scheduler, t, 20.0), rtol=1e-5)
     assert not torch.allclose(weighted, plain)
 
 
 def test_offset_noise_reaches_the_job_and_its_losses(clock_subject, tmp_path):
-    from cascade_booth.session import TrainRequest
-    from stages.base import prepare
-
-    cfg = tiny_config(steps=1, offset_noise=0.3)
-    cfg.prior.enabled = False
-    ctx, job, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "run", config=cfg))
-    ctx.run.unlock()
+    job = _stage_one_job(clock_subject, tmp_path / "run", offset_noise=0.3)
     assert job.offset_noise == 0.3
     batch = job.batch(0, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        offset = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
-        job.offset_noise = 0.0
-        plain = job.losses(job.unet, batch, torch.Generator().manual_seed(3))
-    assert not torch.allclose(offset, plain)
+    assert not torch.allclose(job_losses(job, batch), job_losses(job, batch, offset_noise=0.0))
 
 
 # 4. a sweep point's settings reach its run ------------------------------------------------------------------
