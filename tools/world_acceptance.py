@@ -119,18 +119,33 @@ def cascade_prompts(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def read_pngs(paths: list[Path]) -> torch.Tensor:
+    """Rendered PNGs as one batch [n, 3, H, W] in [-1, 1], as the attribute net reads them."""
+    from PIL import Image
+
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def truth_image(row: dict, size: int):
+    """A prompt's ground truth (PIL, ``size`` px): the first pretraining design with its class, colour and pattern,
+    drawn in its context."""
+    from cascade_booth.world.design import design
+    from cascade_booth.world.render import Scene, draw_scene
+
+    key = (row["class"], row["colour"], row["pattern"])
+    d_id = next(i for i in range(100000) if (design(i).cls, design(i).colour, design(i).pattern) == key)
+    return draw_scene(Scene(design=d_id, context=row["context"]), size)
+
+
 def _render(prompts: list[str], out: Path, sr: bool, steps: int, guidance: float | None = None,
             images: int = 1) -> torch.Tensor:
     """Each prompt rendered ``images`` times (seeds 0, 1, ...: prompt k's image i has the noise of seed i)."""
-    from PIL import Image
-
     from cascade_booth.runner import RenderRequest, render_run
 
     req = RenderRequest(run=None, config=load_config("world"), prompts=prompts, out=out, num_images=images, seed=0,
                         steps=steps, guidance=guidance, sr=sr, warn=lambda _m: None)
-    paths = [p for p in render_run(req) if p.name != "grid.png"]
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return read_pngs([p for p in render_run(req) if p.name != "grid.png"])
 
 
 def cascade_figures(n: int, steps: int, out: Path, sr: bool = True, guidance: float | None = None) -> dict:
@@ -157,15 +172,9 @@ def preview(path: Path, steps: int, work: Path) -> None:
     from PIL import Image
 
     from cascade_booth.pngmeta import grid
-    from cascade_booth.world.design import design
-    from cascade_booth.world.render import Scene, draw_scene
 
     rows = cascade_prompts(8, seed=1)
-    tiles = []
-    for row in rows:  # the first pretraining design with the prompt's attributes
-        d_id = next(i for i in range(100000) if (design(i).cls, design(i).colour, design(i).pattern)
-                    == (row["class"], row["colour"], row["pattern"]))
-        tiles.append(draw_scene(Scene(design=d_id, context=row["context"]), 128))
+    tiles = [truth_image(row, 128) for row in rows]
     samples = _render([r["prompt"] for r in rows], work / "preview", True, steps)
     tiles += [Image.fromarray(((s.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for s in samples]
     grid([tiles[:8], tiles[8:]], pad=0).save(path)

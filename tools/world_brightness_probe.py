@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from world_acceptance import SHIPPED, cascade_prompts  # a sibling: the script's folder is first on sys.path
+from world_acceptance import SHIPPED, cascade_prompts, read_pngs, truth_image  # a sibling: first on sys.path
 
 ATTRIBUTES = ("class", "colour", "context")
 
@@ -37,15 +37,8 @@ ATTRIBUTES = ("class", "colour", "context")
 def ground_truth(rows: list[dict]) -> torch.Tensor:
     """Each prompt's ground truth at 32 px, in [-1, 1]."""
     from cascade_booth.images import to_tensor
-    from cascade_booth.world.design import design
-    from cascade_booth.world.render import Scene, draw_scene
 
-    images = []
-    for r in rows:
-        key = (r["class"], r["colour"], r["pattern"])
-        d_id = next(i for i in range(100000) if (design(i).cls, design(i).colour, design(i).pattern) == key)
-        images.append(to_tensor(draw_scene(Scene(design=d_id, context=r["context"]), 32), 32))
-    return torch.stack(images)
+    return torch.stack([to_tensor(truth_image(r, 32), 32) for r in rows])
 
 
 def report(name: str, images: torch.Tensor, rows: list[dict]) -> None:
@@ -58,14 +51,11 @@ def report(name: str, images: torch.Tensor, rows: list[dict]) -> None:
 
 
 def confusion(renders: Path) -> None:
-    from PIL import Image
-
     import cascade_booth.world.evaluators as ev
 
-    paths = sorted(p for p in renders.glob("p*.png"))
+    paths = sorted(renders.glob("p*.png"))
     rows = cascade_prompts(len(paths))
-    arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-    images = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    images = read_pngs(paths)
     reads = ev.load_attributes(SHIPPED / "attributes").read(images)
     for key in ATTRIBUTES:
         wrong = Counter((row[key], r[key]) for r, row in zip(reads, rows, strict=True) if r[key] != row[key])
