@@ -342,3 +342,17 @@ def test_presets_load_from_an_install_outside_the_source_tree(wheel, tmp_path):
     lines = out.stdout.splitlines()
     assert lines[0].startswith(str(target)) and lines[1] == "tiny"
     assert "ddp.yaml" in lines[2]
+
+
+def test_tools_scripts_import_their_siblings_by_name():
+    """``python tools/X.py`` puts tools/ on sys.path, not the repository root: ``from tools.y import ...`` fails
+    there (it did, inside a function of bench_fixtures, until 2026-12-07), ``from y import ...`` works."""
+    import ast
+
+    culprits = []
+    for script in sorted((REPO / "tools").rglob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            culprits += [f"{script.name}:{node.lineno} {n}" for n in names if n == "tools" or n.startswith("tools.")]
+    assert culprits == []

@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import inspect
 import json
 import os
 import shutil
@@ -85,11 +84,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_fixtures as fx  # a sibling: ``python tools/bench.py`` puts tools/ first on sys.path
+from bench_gen import gen_tools, measure_gen
 from bench_report import tables
 from if_configs import is_stage2, resolve
 
 SECTIONS = ("stage1", "stage2", "gen")
-DIFFUSERS = "diffusers train_dreambooth_lora.py"
 
 
 @dataclass
@@ -160,22 +159,18 @@ def step_tools(section: str, setup: fx.Setup, info: dict, variances: list[str], 
     if setup.diffusers_script:
         if section == "stage1":
             extra = fx.diffusers_prior_args(setup, setup.work / "class_images", info["class_prompt"], fx.N_CLASS, 4)
-            model, res = setup.base_model, info_resolution(setup.base_model)
+            model, res = setup.base_model, fx.info_resolution(setup.base_model)
         else:
             extra, model, res = ["--class_labels_conditioning", "timesteps"], setup.sr_model, setup.sr_resolution
         def diffusers(n: int, d: Path) -> list[str]:
             return fx.diffusers_cmd(setup, model, d, n, info["instance_prompt"], res) + extra
 
-        tools.append(Tool(DIFFUSERS, "diffusers", diffusers, env))
+        tools.append(Tool(fx.DIFFUSERS, "diffusers", diffusers, env))
     return tools
 
 
 def _swap(train: Callable, setup: fx.Setup, cfg: Path, n: int, run_dir: Path) -> list[str]:
     return train(setup, run_dir, n, cfg)
-
-
-def info_resolution(model: Path) -> int:
-    return int(json.loads((model / "unet" / "config.json").read_text())["sample_size"])
 
 
 def measure_steps(section: str, tools: list[Tool], work: Path, steps: tuple[int, int], repeats: int) -> dict:
@@ -192,24 +187,11 @@ def measure_steps(section: str, tools: list[Tool], work: Path, steps: tuple[int,
                     tool.prep(out_dir)
                 fx.log(f"{section} {tool.name}: {n} steps (repeat {rep + 1}/{repeats})")
                 m = fx.run_measured(tool.command(n, out_dir), tool.env, out_dir.with_suffix(".log"))
-                log_run(m)
+                fx.log_run(m)
                 runs[tool.name][n].append(m)
                 cmds[tool.name] = tool.command(n2, out_dir.with_name(f"{tool.tag}-n{n2}-r{rep}"))
     rows = [dict(step_row(runs[t.name], n1, n2), tool=t.name, cmd=cmds[t.name]) for t in tools]
     return dict(steps=[n1, n2], repeats=repeats, date=time.strftime("%Y-%m-%d %H:%M %Z"), rows=rows)
-
-
-def log_run(m: dict) -> None:
-    gpu = f", GPU reserved {m['gpu_reserved_mib']:.0f} MiB" if m["gpu_reserved_mib"] is not None else ""
-    fx.log(f"  wall {m['wall_s']:.1f} s, cpu {m['cpu_s']:.1f} s, max RSS {m['rss_mib']:.0f} MiB{gpu}, "
-           f"load {m['load1_before']:.1f}->{m['load1_after']:.1f}")
-
-
-def peaks(runs: list[dict]) -> dict:
-    gpu = [r["gpu_reserved_mib"] for r in runs if r["gpu_reserved_mib"] is not None]
-    alloc = [r["gpu_allocated_mib"] for r in runs if r["gpu_allocated_mib"] is not None]
-    return dict(peak_rss_mib=max(r["rss_mib"] for r in runs), peak_gpu_reserved_mib=max(gpu) if gpu else None,
-                peak_gpu_allocated_mib=max(alloc) if alloc else None)
 
 
 def step_row(res: dict[int, list], n1: int, n2: int) -> dict:
@@ -219,123 +201,7 @@ def step_row(res: dict[int, list], n1: int, n2: int) -> dict:
         t2 = statistics.median(r[f"{key}_s"] for r in res[n2])
         step = (t2 - t1) / (n2 - n1)
         row.update({f"startup_{key}_s": t1 - n1 * step, f"step_{key}_s": step})
-    return dict(row, **peaks(res[n1] + res[n2]), runs={str(n): res[n] for n in (n1, n2)})
-
-
-# --------------------------------------------------------------------------------------- generation
-@dataclass
-class _GenTool:
-    """One row of the generation section: a tool, its sampler and step count."""
-
-    name: str
-    tag: str
-    sampler: str
-    steps: int
-    setup: fx.Setup
-
-
-@dataclass
-class CascadeGen(_GenTool):
-    """cascade-booth ``train-base --prior --steps 1`` with a class-image cache of its own per repeat."""
-
-    config: Path
-
-    def cache(self, rep: int) -> Path:
-        return self.setup.work / "gen" / f"{self.tag}-r{rep}-cache"
-
-    def command(self, out_dir: Path, rep: int) -> list[str]:
-        return fx.cascade_base_cmd(self.setup, out_dir, 1, self.config)
-
-    def env(self, rep: int) -> dict:
-        return fx.tool_env(self.setup, self.cache(rep))
-
-    def reset(self, rep: int) -> None:
-        """A cache with the warm text embeddings and no class images."""
-        shutil.rmtree(self.cache(rep), ignore_errors=True)
-        shutil.copytree(self.setup.work / "cache" / "embeddings", self.cache(rep) / "embeddings")
-
-    def count(self, rep: int) -> int:
-        return len(list((self.cache(rep) / "class_images").glob("*/*.png")))
-
-
-@dataclass
-class DiffusersGen(_GenTool):
-    """diffusers' script, 1 training step with prior preservation and an empty ``--class_data_dir``."""
-
-    info: dict
-
-    def class_dir(self, rep: int) -> Path:
-        return self.setup.work / "gen" / f"{self.tag}-r{rep}-class"
-
-    def command(self, out_dir: Path, rep: int) -> list[str]:
-        s = self.setup
-        cmd = fx.diffusers_cmd(s, s.base_model, out_dir, 1, self.info["instance_prompt"], info_resolution(s.base_model))
-        return cmd + fx.diffusers_prior_args(s, self.class_dir(rep), self.info["class_prompt"], s.gen_images,
-                                             s.gen_batch)
-
-    def env(self, rep: int) -> dict:
-        return fx.tool_env(self.setup, self.setup.work / "cache")
-
-    def reset(self, rep: int) -> None:
-        shutil.rmtree(self.class_dir(rep), ignore_errors=True)
-        self.class_dir(rep).mkdir(parents=True)
-
-    def count(self, rep: int) -> int:
-        return len(list(self.class_dir(rep).iterdir()))
-
-
-def gen_tools(setup: fx.Setup, info: dict) -> list[CascadeGen | DiffusersGen]:
-    steps = diffusers_gen_steps()
-    rows = [(f"cascade-booth (= diffusers: DDPM, {steps} steps)", "cascade-equal", "ddpm", steps),
-            ("cascade-booth (own default: DPM-Solver++, 25 steps)", "cascade-default", "dpm++", 25)]
-    tools: list[CascadeGen | DiffusersGen] = []
-    for name, tag, sampler, n_steps in rows:
-        cfg = fx.write_config(setup.work / f"{tag}.toml", setup, "learned", sampler, n_steps, setup.gen_images,
-                              setup.gen_batch)
-        tools.append(CascadeGen(name, tag, sampler, n_steps, setup, cfg))
-    if setup.diffusers_script:
-        tools.append(DiffusersGen(f"{DIFFUSERS} (IFPipeline defaults: DDPM, {steps} steps)", "diffusers", "ddpm",
-                                  steps, setup, info))
-    return tools
-
-
-def diffusers_gen_steps() -> int:
-    """``IFPipeline.__call__``'s default ``num_inference_steps``: what diffusers' script samples with."""
-    from diffusers import IFPipeline
-
-    return int(inspect.signature(IFPipeline.__call__).parameters["num_inference_steps"].default)
-
-
-def measure_gen(tools: list[CascadeGen | DiffusersGen], setup: fx.Setup, repeats: int) -> dict:
-    runs: dict[str, dict[str, list]] = {t.name: {"generate": [], "cached": []} for t in tools}
-    for rep in range(repeats):
-        for t in tools:
-            t.reset(rep)
-        for phase in ("generate", "cached"):
-            for t in tools:
-                out_dir = setup.work / "runs" / "gen" / f"{t.tag}-{phase}-r{rep}"
-                shutil.rmtree(out_dir, ignore_errors=True)
-                out_dir.parent.mkdir(parents=True, exist_ok=True)
-                fx.log(f"gen {t.name}: {phase} (repeat {rep + 1}/{repeats})")
-                m = fx.run_measured(t.command(out_dir, rep), t.env(rep), out_dir.with_suffix(".log"))
-                m["class_images_after"] = t.count(rep)
-                if m["class_images_after"] < setup.gen_images:
-                    raise RuntimeError(f"{t.name}: {m['class_images_after']} class images after the run, "
-                                       f"expected {setup.gen_images}")
-                log_run(m)
-                runs[t.name][phase].append(m)
-    rows = []
-    for t in tools:
-        row = dict(tool=t.name, sampler=t.sampler, steps=t.steps, images=setup.gen_images, batch=setup.gen_batch)
-        for key in ("wall", "cpu"):
-            gen_s = (statistics.median(r[f"{key}_s"] for r in runs[t.name]["generate"])
-                     - statistics.median(r[f"{key}_s"] for r in runs[t.name]["cached"]))
-            row[f"gen_{key}_s"] = gen_s
-        row["images_per_s"] = setup.gen_images / row["gen_wall_s"]
-        row["sample_evals_per_s"] = setup.gen_images * t.steps * 2 / row["gen_wall_s"]
-        rows.append(dict(row, **peaks(runs[t.name]["generate"]), runs=runs[t.name],
-                         cmd=t.command(setup.work / "runs" / "gen" / f"{t.tag}-generate-r0", 0)))
-    return dict(repeats=repeats, date=time.strftime("%Y-%m-%d %H:%M %Z"), rows=rows)
+    return dict(row, **fx.peaks(res[n1] + res[n2]), runs={str(n): res[n] for n in (n1, n2)})
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -26,6 +26,7 @@ N_CLASS = 4  # class images used by the timed training runs (generated once, unt
 LR = 1e-4
 RANK = 4
 FIXTURE_VERSION = 2
+DIFFUSERS = "diffusers train_dreambooth_lora.py"  # the peer's row name in every table
 
 
 @dataclass
@@ -91,7 +92,7 @@ def _text_parts(t5_dim: int):
 def _unet(name: str, t5_dim: int, sample_size: int | None = None):
     """Random-weight UNet of config ``name`` reading ``t5_dim``-wide text states, fp32, built on the CPU (no
     CUDA context in the benchmark process)."""
-    from tools.if_configs import build_unet
+    from if_configs import build_unet  # a sibling, like every tools/ import
 
     return build_unet(name, encoder_hid_dim=t5_dim, **({} if sample_size is None else {"sample_size": sample_size}))
 
@@ -285,3 +286,20 @@ def versions(setup: Setup) -> dict:
         digest = hashlib.sha256(setup.diffusers_script.read_bytes()).hexdigest()[:16]
         out["train_dreambooth_lora.py sha256"] = digest
     return out
+
+
+def info_resolution(model: Path) -> int:
+    return int(json.loads((model / "unet" / "config.json").read_text())["sample_size"])
+
+
+def log_run(m: dict) -> None:
+    gpu = f", GPU reserved {m['gpu_reserved_mib']:.0f} MiB" if m["gpu_reserved_mib"] is not None else ""
+    log(f"  wall {m['wall_s']:.1f} s, cpu {m['cpu_s']:.1f} s, max RSS {m['rss_mib']:.0f} MiB{gpu}, "
+           f"load {m['load1_before']:.1f}->{m['load1_after']:.1f}")
+
+
+def peaks(runs: list[dict]) -> dict:
+    gpu = [r["gpu_reserved_mib"] for r in runs if r["gpu_reserved_mib"] is not None]
+    alloc = [r["gpu_allocated_mib"] for r in runs if r["gpu_allocated_mib"] is not None]
+    return dict(peak_rss_mib=max(r["rss_mib"] for r in runs), peak_gpu_reserved_mib=max(gpu) if gpu else None,
+                peak_gpu_allocated_mib=max(alloc) if alloc else None)
