@@ -21,7 +21,7 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 - ``diffusers-recommended``: their README's IF stage-I LoRA recipe (1,200 steps, batch 4, lr 5e-6 with
   ``--scale_lr``, rank 4, no prior preservation) and, for stage two, their tip for subjects without
   fine detail: the pretrained upscaler, the identifier removed from its prompt (their stage-II recipe,
-  2,000 steps at lr 1e-6, took 31 min here and is measured apart: README, "Against diffusers on the world").
+  2,000 steps at lr 1e-6, took 31 min here and is measured apart: tools/results/world-bench-journal.md).
 - ``diffusers-pretrained``: no training; the diffusers rendering above without LoRA, the baseline against
   which the diffusers rows' figures are read (cascade-booth's baseline is its ``world score`` "pretrained").
 
