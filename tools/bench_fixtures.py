@@ -295,7 +295,7 @@ def info_resolution(model: Path) -> int:
 def log_run(m: dict) -> None:
     gpu = f", GPU reserved {m['gpu_reserved_mib']:.0f} MiB" if m["gpu_reserved_mib"] is not None else ""
     log(f"  wall {m['wall_s']:.1f} s, cpu {m['cpu_s']:.1f} s, max RSS {m['rss_mib']:.0f} MiB{gpu}, "
-           f"load {m['load1_before']:.1f}->{m['load1_after']:.1f}")
+        f"load {m['load1_before']:.1f}->{m['load1_after']:.1f}")
 
 
 def peaks(runs: list[dict]) -> dict:

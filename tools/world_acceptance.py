@@ -134,7 +134,7 @@ def truth_image(row: dict, size: int):
     from cascade_booth.world.render import Scene, draw_scene
 
     key = (row["class"], row["colour"], row["pattern"])
-    d_id = next(i for i in range(100000) if (design(i).cls, design(i).colour, design(i).pattern) == key)
+    d_id = next(i for i, d in ((i, design(i)) for i in range(100000)) if (d.cls, d.colour, d.pattern) == key)
     return draw_scene(Scene(design=d_id, context=row["context"]), size)
 
 
