@@ -27,14 +27,15 @@ def test_diffusers_progress_lines_are_recognised():
     assert parts["class images"]["s"] == 2.0 and parts["steps"]["s"] == 4.0
 
 
-def test_diffusers_equal_trains_the_world_presets_settings_and_checkpoints_only_when_asked():
+def test_diffusers_equal_trains_the_world_presets_settings_and_checkpoints_only_when_asked(monkeypatch):
     import argparse
     from pathlib import Path
 
     from cascade_booth.config import load_config
 
     tool, preset = _tool(), load_config("world")
-    a = argparse.Namespace(cls="clock", smoke=False, diffusers_script=Path("train_dreambooth_lora.py"))
+    a = argparse.Namespace(cls="clock", smoke=False, diffusers_script=Path("train_dreambooth_lora.py"),
+                           diffusers_full_script=Path("train_dreambooth.py"))
 
     def flag(cmd: list[str], name: str) -> str:
         return cmd[cmd.index(name) + 1]
@@ -47,6 +48,13 @@ def test_diffusers_equal_trains_the_world_presets_settings_and_checkpoints_only_
     assert flag(s1, "--checkpointing_steps") == "1000000"  # the bench: no intermediate checkpoints
     curve, _ = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock", checkpointing=100)
     assert flag(curve, "--checkpointing_steps") == "100"
+    # stage two: their full fine-tuning script when the preset fine-tunes stage two fully, else their LoRA one
+    assert float(flag(s2, "--learning_rate")) == preset.sr.lr and "train_dreambooth.py" in s2
+    assert "--rank" not in s2 and "--class_labels_conditioning" in s2
+    preset.sr.full = False
+    monkeypatch.setattr(tool, "load_config", lambda name: preset)
+    _, lora = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock")
+    assert "train_dreambooth_lora.py" in lora and flag(lora, "--rank") == str(preset.sr.lora_rank)
 
 
 def test_diffusers_equal_trains_each_stage_in_the_precision_the_preset_resolves_to(monkeypatch):
@@ -56,7 +64,8 @@ def test_diffusers_equal_trains_each_stage_in_the_precision_the_preset_resolves_
     import torch
 
     tool = _tool()
-    a = argparse.Namespace(cls="clock", smoke=False, diffusers_script=Path("train_dreambooth_lora.py"))
+    a = argparse.Namespace(cls="clock", smoke=False, diffusers_script=Path("train_dreambooth_lora.py"),
+                           diffusers_full_script=Path("train_dreambooth.py"))
     for bf16_units, stage_two in ((True, "bf16"), (False, "no")):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda units=bf16_units: {"avx512_bf16": units})
         s1, s2 = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock")

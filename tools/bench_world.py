@@ -9,15 +9,17 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 
 - ``cascade-booth``: ``train-base --config world``, ``train-sr --config world``, ``render`` (the preset, e.g.
   stage one 600 steps, batch 4 + 4 class images, lr 3e-3, LoRA rank 8, 48 class images; stage two 200
-  steps, batch 2, rank 8, conditioned on the noise-augmented 32 px photo as at inference; its lr was 1e-4
-  in the 2026-12-05 results and is 1e-3 since).
+  steps, batch 2, conditioned on the noise-augmented 32 px photo as at inference: LoRA rank 8 at lr 1e-4 in
+  the 2026-12-05 results, at 1e-3 until 2026-12-07, a full fine-tune at lr 2e-4 since).
 - ``cascade-booth-short``: the same preset with a third of the steps (stage one 200, stage two 100), and
   ``cascade-booth-100`` (100 and 100): how long the whole cascade takes to reach diffusers-equal's quality
   (stage one alone passes it after 100 steps, ``tools/bench_world_curve.py``).
 - ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank, batch and precision (as
   resolved on this machine: stage two in bf16 where the CPU has bf16 units) (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
-  stage two ``--class_labels_conditioning timesteps``: the noisy target concatenated with itself).
+  stage two ``--class_labels_conditioning timesteps``: the noisy target concatenated with itself; when the
+  preset fine-tunes stage two fully, their full fine-tuning script ``train_dreambooth.py``,
+  ``--diffusers-full-script``, as their README does for IF stage II).
 - ``diffusers-recommended``: their README's IF stage-I LoRA recipe (1,200 steps, batch 4, lr 5e-6 with
   ``--scale_lr``, rank 4, no prior preservation) and, for stage two, their tip for subjects without
   fine detail: the pretrained upscaler, the identifier removed from its prompt (their stage-II recipe,
@@ -163,16 +165,19 @@ def cascade_booth(a: argparse.Namespace, tool: str, photos: Path, work: Path, en
 
 
 def diffusers_args(a: argparse.Namespace, model: str, photos: Path, out: Path, prompt: str, resolution: int,
-                   steps: int, lr: float, rank: int, batch: int, checkpointing: int = 1_000_000,
+                   steps: int, lr: float, rank: int | None, batch: int, checkpointing: int = 1_000_000,
                    precision: str = "no") -> list[str]:
-    """Their script's command line; ``checkpointing``: their ``--checkpointing_steps`` (default: none);
+    """Their script's command line: ``train_dreambooth_lora.py`` at LoRA ``rank``, ``train_dreambooth.py`` (a full
+    fine-tune) when ``rank`` is None; ``checkpointing``: their ``--checkpointing_steps`` (default: none);
     ``precision``: their ``--mixed_precision`` ("no" or "bf16")."""
     steps = min(steps, 4) if a.smoke else steps
-    return [sys.executable, str(SHIM), str(a.diffusers_script), "--pretrained_model_name_or_path", str(MODELS / model),
+    script = a.diffusers_script if rank is not None else a.diffusers_full_script
+    adapter = ["--rank", str(rank)] if rank is not None else ["--skip_save_text_encoder"]
+    return [sys.executable, str(SHIM), str(script), "--pretrained_model_name_or_path", str(MODELS / model),
             "--instance_data_dir", str(photos), "--instance_prompt", prompt, "--output_dir", str(out), "--seed", "0",
             "--resolution", str(resolution), "--center_crop", "--train_batch_size", str(batch), "--max_train_steps",
             str(steps), "--checkpointing_steps", str(checkpointing), "--learning_rate", str(lr), "--lr_scheduler",
-            "constant", "--lr_warmup_steps", "0", "--max_grad_norm", "1.0", "--rank", str(rank),
+            "constant", "--lr_warmup_steps", "0", "--max_grad_norm", "1.0", *adapter,
             "--mixed_precision", precision, "--dataloader_num_workers", "0", "--pre_compute_text_embeddings",
             "--tokenizer_max_length", "77", "--text_encoder_use_attention_mask"]
 
@@ -190,8 +195,8 @@ def equal_commands(a: argparse.Namespace, photos: Path, work: Path, prompt: str,
     p1, p2 = (compute_precision(stage.mixed_precision, device()) for stage in (base, sr))
     s1 = diffusers_args(a, "base", photos, work / "base", prompt, 32, base_steps or base.steps, base.lr,
                         base.lora_rank, base.batch_size, checkpointing, p1)
-    s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, sr.lora_rank, sr.batch_size,
-                        precision=p2)
+    s2 = diffusers_args(a, "sr", photos, work / "sr", prompt, 128, sr.steps, sr.lr, None if sr.full else sr.lora_rank,
+                        sr.batch_size, precision=p2)
     s1, s2 = s1 + prior, s2 + ["--class_labels_conditioning", "timesteps"]
     return s1, s2
 
@@ -213,7 +218,8 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
     t = {"stage one": run_timed(f"{tool}.stage1", s1, env, a.logs)}
     if s2:
         t["stage two"] = run_timed(f"{tool}.stage2", s2, env, a.logs)
-    sr = ["--sr-lora", str(work / "sr")] if s2 else []
+    sr = [] if not s2 else ["--sr-unet", str(work / "sr" / "unet")] if (work / "sr" / "unet").is_dir() else [
+        "--sr-lora", str(work / "sr")]
     t["first render"] = run_timed(f"{tool}.render", [*render, "--base-lora", str(work / "base"), *sr, "--identifier",
                                   ident, "--class-noun", a.cls, "--out", str(work / "first"), "--first"], env, a.logs)
     run_timed(f"{tool}.quality", [*render, "--base-lora", str(work / "base"), *sr, "--identifier", ident,
@@ -225,6 +231,8 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--diffusers-script", type=Path, required=True, help="diffusers' train_dreambooth_lora.py")
+    p.add_argument("--diffusers-full-script", type=Path, help="diffusers' train_dreambooth.py: diffusers-equal's "
+                   "stage two when the preset fine-tunes stage two fully ([sr] full)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--subject", default="clock:7", help="CLASS:SEED (world subject)")
     p.add_argument("--images", type=int, default=2, help="images per prompt for the quality read-back")
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="4 + 2 training steps: checks every path, measures nothing")
     p.add_argument("--only", default=",".join(TOOLS), help="comma-separated tools (cascade-booth always runs first)")
     a = p.parse_args(argv)
+    if load_config("world").sr.full and "diffusers-equal" in a.only.split(",") and not a.diffusers_full_script:
+        p.error("the world preset fine-tunes stage two fully: give --diffusers-full-script (their train_dreambooth.py)")
     a.cls, seed = a.subject.split(":")
     out = a.out.resolve()
     a.logs = out / "logs"

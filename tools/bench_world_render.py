@@ -1,7 +1,7 @@
 """Render diffusers' DreamBooth LoRA results on the world cascade, as their README says (``tools/bench_world.py``).
 
-    python tools/bench_world_render.py --base-lora DIR [--sr-lora DIR] --identifier ID --class-noun clock \
-        --out DIR [--num-images 2] [--first]       # without --base-lora: the pretrained cascade, same sampling
+    python tools/bench_world_render.py --base-lora DIR [--sr-lora DIR | --sr-unet DIR] --identifier ID \
+        --class-noun clock --out DIR [--num-images 2] [--first]   # no --base-lora: the pretrained cascade
 
 Stage one: ``IFPipeline`` + ``load_lora_weights`` + the scheduler switched to ``fixed_small`` variance (diffusers'
 README for IF: their scripts train epsilon only). Stage two: the world SR with the LoRA when given, else the
@@ -39,11 +39,12 @@ def prompts(class_noun: str, first: bool) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    from diffusers import IFImg2ImgSuperResolutionPipeline, IFPipeline, IFSuperResolutionPipeline
+    from diffusers import IFImg2ImgSuperResolutionPipeline, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 
     p = argparse.ArgumentParser()
     p.add_argument("--base-lora", type=Path, help="stage one's LoRA folder (none: the pretrained cascade)")
     p.add_argument("--sr-lora", type=Path)
+    p.add_argument("--sr-unet", type=Path, help="a fully fine-tuned stage-two UNet folder (their train_dreambooth.py)")
     p.add_argument("--identifier", required=True)
     p.add_argument("--class-noun", required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -60,7 +61,10 @@ def main() -> None:
         base.load_lora_weights(str(a.base_lora), weight_name="pytorch_lora_weights.safetensors")
     base.scheduler = base.scheduler.__class__.from_config(base.scheduler.config, variance_type="fixed_small")
     # the folder is an IFSuperResolutionPipeline; its img2img sibling takes the same components
-    sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
+    parts = IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components
+    if a.sr_unet:
+        parts["unet"] = UNet2DConditionModel.from_pretrained(a.sr_unet)
+    sr = IFImg2ImgSuperResolutionPipeline(**parts)
     if a.sr_lora:
         sr.load_lora_weights(str(a.sr_lora), weight_name="pytorch_lora_weights.safetensors")
     for pipe in (base, sr):
@@ -69,7 +73,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for i, (template, kind) in enumerate(prompts(a.class_noun, a.first)):
         prompt = template.replace("[V]", a.identifier)
-        sr_prompt = prompt if a.sr_lora else template.replace("[V] ", "")
+        sr_prompt = prompt if a.sr_lora or a.sr_unet else template.replace("[V] ", "")
         for k in range(1 if a.first else a.num_images):
             g = torch.Generator().manual_seed(1000 * i + k)
             low = base(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g,

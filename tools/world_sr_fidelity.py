@@ -8,8 +8,8 @@ The paper's Imagen variant fine-tunes the super-resolution model on the subject 
 survive (Ruiz et al. 2022, section 4.4 / appendix). On the world the subject's design can be drawn in any
 context, so stage two can be judged apart from stage one: the subject drawn at 32 px in every context
 (poses the photo set never showed) is the input, the same scene drawn at 128 px is the truth. Each SR
-(pretrained, and each ``--sr NAME=DIR`` LoRA folder loaded into it) upsamples every input with diffusers'
-``IFImg2ImgSuperResolutionPipeline`` (the world preset's 25 steps, guidance 4, noise level 50) at each
+(pretrained, and each ``--sr NAME=DIR`` stage-two folder: LoRA or full fine-tune) upsamples every input with
+diffusers' ``IFImg2ImgSuperResolutionPipeline`` (the world preset's 25 steps, guidance 4, noise level 50) at each
 ``--strengths`` (0: the bilinear upsample alone). A fine-tuned SR gets "a <identifier> <class> <context>",
 the pretrained one the prompt without the identifier. Read back: the subject's pattern (at 128 px) and
 colour, world DINO to the subject's photos, and the mean squared error to the 128 px truth.
@@ -30,15 +30,23 @@ MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "mode
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def sr_pipeline(lora: Path | None):
-    """The world SR as diffusers' img2img SR pipeline, with a stage-two LoRA folder loaded if given."""
-    from diffusers import IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline
+def sr_pipeline(stage: Path | None):
+    """The world SR as diffusers' img2img SR pipeline, with a stage-two folder's weights if given: its fully
+    fine-tuned ``unet/`` or its LoRA file."""
+    from diffusers import IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 
-    sr = IFImg2ImgSuperResolutionPipeline(**IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components)
-    if lora is not None:
-        sr.load_lora_weights(str(lora), weight_name=LORA_FILE)
+    parts = IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components
+    if stage is not None and (stage / "unet").is_dir():
+        parts["unet"] = UNet2DConditionModel.from_pretrained(stage / "unet")
+    sr = IFImg2ImgSuperResolutionPipeline(**parts)
+    if stage is not None and not (stage / "unet").is_dir():
+        sr.load_lora_weights(str(stage), weight_name=LORA_FILE)
     sr.set_progress_bar_config(disable=True)
     return sr
+
+
+def _is_stage(folder: Path) -> bool:
+    return (folder / LORA_FILE).is_file() or (folder / "unet" / "config.json").is_file()
 
 
 def upsample_all(sr, low: torch.Tensor, prompts: list[str], strength: float, out: Path) -> list[Path]:
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--subject", type=Path, required=True, help="a `world subject` folder")
     p.add_argument("--identifier", required=True, help="the [V] the fine-tuned SRs were trained with")
-    p.add_argument("--sr", action="append", default=[], help="NAME=DIR of a stage-two LoRA (repeatable)")
+    p.add_argument("--sr", action="append", default=[], help="NAME=DIR, a stage-two folder (repeatable)")
     p.add_argument("--strengths", default="1,0.3")
     p.add_argument("--per-context", type=int, default=2)
     p.add_argument("--contexts", help="comma-separated context labels (default: all, plain included)")
@@ -94,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     contexts = a.contexts.split(",") if a.contexts else list(CONTEXTS)
     if unknown := [c for c in contexts if c not in CONTEXTS]:
         p.error(f"unknown context(s) {unknown}; the world has {list(CONTEXTS)}")
-    if bad := [s for s in a.sr if "=" not in s or not (Path(s.split("=", 1)[1]) / LORA_FILE).is_file()]:
-        p.error(f"--sr {bad[0]!r}: give NAME=DIR, DIR holding a stage-two {LORA_FILE}")
+    if bad := [s for s in a.sr if "=" not in s or not _is_stage(Path(s.split("=", 1)[1]))]:
+        p.error(f"--sr {bad[0]!r}: give NAME=DIR, DIR holding a stage-two {LORA_FILE} or unet/ folder")
     if not (a.subject / "subject.json").is_file():
         p.error(f"{a.subject} has no subject.json: make one with `cascade-booth world subject`")
     torch.set_num_threads(1)
