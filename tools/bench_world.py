@@ -218,8 +218,10 @@ def diffusers(a: argparse.Namespace, tool: str, photos: Path, work: Path, ident:
     t = {"stage one": run_timed(f"{tool}.stage1", s1, env, a.logs)}
     if s2:
         t["stage two"] = run_timed(f"{tool}.stage2", s2, env, a.logs)
-    sr = [] if not s2 else ["--sr-unet", str(work / "sr" / "unet")] if (work / "sr" / "unet").is_dir() else [
-        "--sr-lora", str(work / "sr")]
+    sr = []  # stage two: their full script's UNet or their LoRA folder
+    if s2:
+        full = (work / "sr" / "unet").is_dir()
+        sr = ["--sr-unet", str(work / "sr" / "unet")] if full else ["--sr-lora", str(work / "sr")]
     t["first render"] = run_timed(f"{tool}.render", [*render, "--base-lora", str(work / "base"), *sr, "--identifier",
                                   ident, "--class-noun", a.cls, "--out", str(work / "first"), "--first"], env, a.logs)
     run_timed(f"{tool}.quality", [*render, "--base-lora", str(work / "base"), *sr, "--identifier", ident,
