@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from world_sr_fidelity import world_sr  # a sibling: ``python tools/...`` puts tools/ first on sys.path
 
 from cascade_booth.config import load_config
 
@@ -39,7 +40,7 @@ def prompts(class_noun: str, first: bool) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    from diffusers import IFImg2ImgSuperResolutionPipeline, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
+    from diffusers import IFPipeline
 
     p = argparse.ArgumentParser()
     p.add_argument("--base-lora", type=Path, help="stage one's LoRA folder (none: the pretrained cascade)")
@@ -60,13 +61,7 @@ def main() -> None:
     if a.base_lora:
         base.load_lora_weights(str(a.base_lora), weight_name="pytorch_lora_weights.safetensors")
     base.scheduler = base.scheduler.__class__.from_config(base.scheduler.config, variance_type="fixed_small")
-    # the folder is an IFSuperResolutionPipeline; its img2img sibling takes the same components
-    parts = IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components
-    if a.sr_unet:
-        parts["unet"] = UNet2DConditionModel.from_pretrained(a.sr_unet)
-    sr = IFImg2ImgSuperResolutionPipeline(**parts)
-    if a.sr_lora:
-        sr.load_lora_weights(str(a.sr_lora), weight_name="pytorch_lora_weights.safetensors")
+    sr = world_sr(unet=a.sr_unet, lora=a.sr_lora)
     for pipe in (base, sr):
         pipe.set_progress_bar_config(disable=True)
     out = a.out / "personalized"

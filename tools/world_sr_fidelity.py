@@ -30,19 +30,27 @@ MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "mode
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def sr_pipeline(stage: Path | None):
-    """The world SR as diffusers' img2img SR pipeline, with a stage-two folder's weights if given: its fully
-    fine-tuned ``unet/`` or its LoRA file."""
+def world_sr(unet: Path | None = None, lora: Path | None = None):
+    """The world SR as diffusers' img2img SR pipeline (the shipped folder is an IFSuperResolutionPipeline; its
+    img2img sibling takes the same components), with a fully fine-tuned ``unet`` folder or a ``lora`` folder."""
     from diffusers import IFImg2ImgSuperResolutionPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 
     parts = IFSuperResolutionPipeline.from_pretrained(MODELS / "sr").components
-    if stage is not None and (stage / "unet").is_dir():
-        parts["unet"] = UNet2DConditionModel.from_pretrained(stage / "unet")
+    if unet is not None:
+        parts["unet"] = UNet2DConditionModel.from_pretrained(unet)
     sr = IFImg2ImgSuperResolutionPipeline(**parts)
-    if stage is not None and not (stage / "unet").is_dir():
-        sr.load_lora_weights(str(stage), weight_name=LORA_FILE)
+    if lora is not None:
+        sr.load_lora_weights(str(lora), weight_name=LORA_FILE)
     sr.set_progress_bar_config(disable=True)
     return sr
+
+
+def sr_pipeline(stage: Path | None):
+    """The world SR with a cascade-booth stage-two folder's weights if given: its fully fine-tuned ``unet/`` or
+    its LoRA file."""
+    if stage is None:
+        return world_sr()
+    return world_sr(unet=stage / "unet") if (stage / "unet").is_dir() else world_sr(lora=stage)
 
 
 def _is_stage(folder: Path) -> bool:
