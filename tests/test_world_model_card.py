@@ -50,3 +50,21 @@ def test_model_card_names_each_segments_own_settings(tmp_path):
     assert tool.segment_values("sr", sr, "x0_weight_cap") == [20.0, 20.0]
     assert tool.segment_values("sr", sr, "offset_noise") == [0.0, 0.0]
     assert tool.segment_values("sr", sr, "lr") == [5e-4, 5e-4]
+
+
+def test_model_card_lists_the_evaluators_segments(tmp_path):
+    tool = load_tool("pretrain_world")
+    for name in ("base", "sr"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pretrain.json").write_text(json.dumps({"steps": 10, "examples": 320, "wall_hours": 0.1,
+                                                                   "final_loss_mean_last_200": 0.5}))
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "pretrain.json").write_text(json.dumps({
+        "steps": 7000, "segments": [5000, 7000], "lrs": [5e-4, 2e-4], "wall_hours": None,
+        "wall_hours_per_segment": [None, 0.24],
+        "final_loss_mean_last_200": 1.23}))
+    tool.write_model_card(tmp_path)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert ("| clip | `python tools/pretrain_world_evaluators.py --model clip --steps N` to step 5000, then "
+            "`--steps 7000 --init-from-shipped --lr 0.0002` | 7000 | not recorded + 0.24 | 1.23 |") in card
+    assert "| dino |" not in card  # no pretrain.json: not listed

@@ -58,6 +58,33 @@ def _commit() -> str:
         return "unknown"
 
 
+EVALUATOR_LR = {"attributes": 2e-3, "dino": 5e-4, "clip": 5e-4}  # tools/pretrain_world_evaluators.py's defaults
+
+
+def _evaluator_rows(out: Path) -> list[str]:
+    """The evaluators trained by ``tools/pretrain_world_evaluators.py`` that have a ``pretrain.json``: each segment's
+    command line (a later one ``--init-from-shipped``, its lr where not the default)."""
+    rows = []
+    for name, default in EVALUATOR_LR.items():
+        if not (out / name / "pretrain.json").exists():
+            continue
+        info = json.loads((out / name / "pretrain.json").read_text())
+        lrs = [f" --lr {lr:g}" if lr != default else "" for lr in info["lrs"]]
+        segments = info["segments"]
+        cmd = f"`python tools/pretrain_world_evaluators.py --model {name} --steps N{lrs[0]}` to step {segments[0]}"
+        for end, lr in zip(segments[1:], lrs[1:], strict=True):
+            cmd += f", then `--steps {end} --init-from-shipped{lr}`"
+        hours = info.get("wall_hours_per_segment", [info["wall_hours"]])
+        wall = " + ".join("not recorded" if h is None else f"{h:g}" for h in hours)
+        loss = info["final_loss_mean_last_200"]
+        rows.append(f"| {name} | {cmd} | {info['steps']} | {wall} | {loss} |")
+    if not rows:
+        return []
+    return ["", "Evaluators (the figures below read the cascade's samples with them):", "",
+            "| evaluator | command | steps | wall hours | final loss (mean of last 200) |", "|---|---|---:|---:|---:|",
+            *rows]
+
+
 def write_model_card(out: Path) -> None:
     """MODEL_CARD.md beside the weights: how each model was made and what it measured (acceptance.json)."""
     lines = ["# The world models", "", "Made by committed scripts; every figure below was measured, with the command.",
@@ -73,6 +100,7 @@ def write_model_card(out: Path) -> None:
             cmd += f", then `--steps {end} --init-from-shipped{extra}`"
         lines.append(f"| {model} | {cmd} | {info['steps']} | {info['examples']} | {info['wall_hours']} | "
                      f"{info['final_loss_mean_last_200']} |")
+    lines += _evaluator_rows(out)
     acceptance = out / "acceptance.json"
     if acceptance.exists():
         cascade_run = json.loads(acceptance.read_text()).get("cascade", {})

@@ -1,0 +1,73 @@
+"""tools/pretrain_world_evaluators.py: a killed run resumes to the weights of an unbroken one, and a later segment
+carries on from the shipped weights and records itself in their pretrain.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+import torch
+from helpers_tools import load_tool
+
+from cascade_booth.world.cascade import SHIPPED
+
+
+@pytest.fixture
+def tool(tmp_path, monkeypatch):
+    """The script with a 4-design pool, its shipped folder a copy of the shipped CLIP, its state under tmp_path."""
+    module = load_tool("pretrain_world_evaluators")
+    monkeypatch.setenv("CASCADE_BOOTH_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "models"
+    shutil.copytree(SHIPPED / "clip", shipped / "clip")
+    monkeypatch.setattr(module, "SHIPPED", shipped)
+    monkeypatch.setattr(module, "train_pool", lambda: module.pool("tiny", [0, 1, 2, 3], 0))
+    return module
+
+
+def train(tool, steps: int, **flags) -> dict[str, torch.Tensor]:
+    args = argparse.Namespace(steps=steps, lr=None, init_from_shipped=False, save_every=1, threads=1)
+    vars(args).update(flags)
+    tool.train_clip(args)
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(tool.SHIPPED / "clip").state_dict()
+
+
+def test_a_killed_clip_run_resumes_to_the_weights_of_an_unbroken_one(tool, monkeypatch):
+    straight = train(tool, 3)
+    shutil.rmtree(tool.state_dir("clip"))
+    calls = 0
+    loss_at = tool.fit
+
+    def killed_after_two(name, model, loss, save, args, *rest, **kw):
+        def counted(step):
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise KeyboardInterrupt  # the third step of the first run never finishes
+            return loss(step)
+        return loss_at(name, model, counted, save, args, *rest, **kw)
+
+    monkeypatch.setattr(tool, "fit", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(tool, 3)
+    assert torch.load(tool.state_dir("clip") / "state.pt", weights_only=False)["step"] == 2
+    resumed = train(tool, 3)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())["segments"] == [3]
+
+
+def test_a_later_segment_starts_from_the_shipped_clip_and_records_itself(tool):
+    from transformers import CLIPModel
+
+    before = CLIPModel.from_pretrained(tool.SHIPPED / "clip").state_dict()
+    after = train(tool, 5002, init_from_shipped=True, lr=1e-4)  # the shipped CLIP stopped at step 5000
+    info = json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())
+    assert info["segments"] == [5000, 5002] and info["lrs"] == [5e-4, 1e-4] and info["steps"] == 5002
+    assert info["wall_hours"] is None  # the first segment's wall time was never recorded ...
+    assert info["wall_hours_per_segment"][0] is None and info["wall_hours_per_segment"][1] >= 0  # ... this one was
+    assert info["note"].startswith("the first segment")
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all((before[k] - after[k]).abs().max() < 0.05 for k in before)  # moved from the shipped weights
