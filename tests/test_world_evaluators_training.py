@@ -62,12 +62,17 @@ def test_a_killed_clip_run_resumes_to_the_weights_of_an_unbroken_one(tool, monke
 def test_a_later_segment_starts_from_the_shipped_clip_and_records_itself(tool):
     from transformers import CLIPModel
 
+    shipped = json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())
+    with pytest.raises(SystemExit, match=f"already at step {shipped['steps']}"):  # a later segment must go past it
+        train(tool, shipped["steps"], init_from_shipped=True)
     before = CLIPModel.from_pretrained(tool.SHIPPED / "clip").state_dict()
-    after = train(tool, 5002, init_from_shipped=True, lr=1e-4)  # the shipped CLIP stopped at step 5000
+    after = train(tool, shipped["steps"] + 2, init_from_shipped=True, lr=1e-4)
     info = json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())
-    assert info["segments"] == [5000, 5002] and info["lrs"] == [5e-4, 1e-4] and info["steps"] == 5002
+    assert info["segments"] == [*shipped["segments"], shipped["steps"] + 2]
+    assert info["lrs"] == [*shipped["lrs"], 1e-4] and info["steps"] == shipped["steps"] + 2
     assert info["wall_hours"] is None  # the first segment's wall time was never recorded ...
-    assert info["wall_hours_per_segment"][0] is None and info["wall_hours_per_segment"][1] >= 0  # ... this one was
-    assert info["note"].startswith("the first segment")
+    assert info["wall_hours_per_segment"][:-1] == shipped["wall_hours_per_segment"]
+    assert info["wall_hours_per_segment"][-1] >= 0  # ... this one was
+    assert info["note"] == shipped["note"]
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert moved and all((before[k] - after[k]).abs().max() < 0.05 for k in before)  # moved from the shipped weights

@@ -118,6 +118,9 @@ def fit(name: str, model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor
         step, start, earlier = state["step"], state["start"], state["earlier"]
     elif args.init_from_shipped:
         step = start = shipped_steps(name)
+        if args.steps <= start:
+            raise SystemExit(f"--steps {args.steps}: the shipped {name} is already at step {start}; a later segment "
+                             "trains past it")
         earlier = json.loads((SHIPPED / name / "pretrain.json").read_text())
     log = root / "losses.jsonl"
     root.mkdir(parents=True, exist_ok=True)
