@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def test_a_killed_clip_run_resumes_to_the_weights_of_an_unbroken_one(tool, monke
     straight = train(tool, 3)
     shutil.rmtree(tool.state_dir("clip"))
     calls = 0
-    loss_at = tool.fit
+    real_fit = tool.fit
 
     def killed_after_two(name, model, loss, save, args, *rest, **kw):
         def counted(step):
@@ -48,7 +49,7 @@ def test_a_killed_clip_run_resumes_to_the_weights_of_an_unbroken_one(tool, monke
             if calls == 3:
                 raise KeyboardInterrupt  # the third step of the first run never finishes
             return loss(step)
-        return loss_at(name, model, counted, save, args, *rest, **kw)
+        return real_fit(name, model, counted, save, args, *rest, **kw)
 
     monkeypatch.setattr(tool, "fit", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
@@ -59,12 +60,17 @@ def test_a_killed_clip_run_resumes_to_the_weights_of_an_unbroken_one(tool, monke
     assert json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())["segments"] == [3]
 
 
-def test_a_later_segment_starts_from_the_shipped_clip_and_records_itself(tool):
+def test_a_later_segment_starts_from_the_shipped_clip_and_records_itself(tool, monkeypatch):
     from transformers import CLIPModel
 
     shipped = json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())
+    tiny_pool = tool.train_pool
+    monkeypatch.setattr(tool, "train_pool", lambda: pytest.fail("refused only after rendering the pool"))
+    monkeypatch.setattr(sys, "argv", ["pretrain_world_evaluators.py", "--model", "clip", "--init-from-shipped",
+                                      "--steps", str(shipped["steps"])])
     with pytest.raises(SystemExit, match=f"already at step {shipped['steps']}"):  # a later segment must go past it
-        train(tool, shipped["steps"], init_from_shipped=True)
+        tool.main()
+    monkeypatch.setattr(tool, "train_pool", tiny_pool)
     before = CLIPModel.from_pretrained(tool.SHIPPED / "clip").state_dict()
     after = train(tool, shipped["steps"] + 2, init_from_shipped=True, lr=1e-4)
     info = json.loads((tool.SHIPPED / "clip" / "pretrain.json").read_text())

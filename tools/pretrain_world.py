@@ -28,6 +28,7 @@ from pretrain_world_settings import (  # a sibling: the script's folder is first
     DEFAULTS,
     SEED,
     SETTINGS,
+    log_summary,
     segment_values,
     state_settings,
     write_model_card,
@@ -234,14 +235,9 @@ def train(args) -> None:
 def training_summary(model: str, step: int) -> dict:
     """Steps, wall time (summed over resumed segments) and the mean loss of the last 200 steps."""
     rows = [json.loads(line) for line in (state_dir() / model / "losses.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["step"] <= step]
-    wall, previous = 0.0, 0.0
-    for r in rows:
-        wall += r["t"] - previous if r["t"] >= previous else r["t"]  # t restarts at 0 after a resume
-        previous = r["t"]
-    last = [r["loss"] for r in rows[-200:]]
-    return {"steps": step, "examples": step * DEFAULTS[model]["batch"], "wall_hours": round(wall / 3600, 2),
-            "final_loss_mean_last_200": round(float(np.mean(last)), 4) if last else None}
+    wall_hours, final_loss = log_summary([r for r in rows if r["step"] <= step])
+    return {"steps": step, "examples": step * DEFAULTS[model]["batch"], "wall_hours": wall_hours,
+            "final_loss_mean_last_200": final_loss}
 
 
 def export(out: Path) -> None:

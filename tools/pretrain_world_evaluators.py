@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pretrain_world_settings import write_model_card  # a sibling: the script's folder is first on sys.path
+from pretrain_world_settings import EVALUATOR_LR, log_summary, write_model_card  # siblings: tools/ is on sys.path
 from tqdm import tqdm
 
 from cascade_booth.images import to_tensor
@@ -98,6 +98,15 @@ def shipped_steps(name: str) -> int:
     return int(json.loads(card.read_text())["steps"])
 
 
+def check_segment(args: argparse.Namespace) -> None:
+    """Refuse, before the pool is rendered, a new ``--init-from-shipped`` segment that would train nothing."""
+    if args.init_from_shipped and not (state_dir(args.model) / "state.pt").exists():
+        start = shipped_steps(args.model)
+        if args.steps <= start:
+            raise SystemExit(f"--steps {args.steps}: the shipped {args.model} is already at step {start}; a later "
+                             "segment trains past it")
+
+
 def fit(name: str, model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor], save: Callable[[], None],
         args: argparse.Namespace, lr: float, weight_decay: float, warmup: int) -> None:
     """The evaluators' one training loop: AdamW, linear warm-up, cosine to 0 at ``args.steps``.
@@ -118,9 +127,6 @@ def fit(name: str, model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor
         step, start, earlier = state["step"], state["start"], state["earlier"]
     elif args.init_from_shipped:
         step = start = shipped_steps(name)
-        if args.steps <= start:
-            raise SystemExit(f"--steps {args.steps}: the shipped {name} is already at step {start}; a later segment "
-                             "trains past it")
         earlier = json.loads((SHIPPED / name / "pretrain.json").read_text())
     log = root / "losses.jsonl"
     root.mkdir(parents=True, exist_ok=True)
@@ -149,14 +155,10 @@ def fit(name: str, model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor
 def record(name: str, step: int, start: int, lr: float, earlier: dict) -> None:
     """``pretrain.json`` beside the saved weights: steps, each segment's end and lr, wall time, the last losses."""
     rows = [json.loads(line) for line in (state_dir(name) / "losses.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if start < r["step"] <= step]
-    pairs = zip([{"t": 0.0}, *rows], rows, strict=False)
-    wall = sum(b["t"] - a["t"] if b["t"] >= a["t"] else b["t"] for a, b in pairs)  # t restarts at 0 after a resume
-    hours = [*earlier.get("wall_hours_per_segment", [earlier.get("wall_hours")] * len(earlier["segments"])),
-             round(wall / 3600, 2)]
+    wall_hours, final_loss = log_summary([r for r in rows if start < r["step"] <= step])
+    hours = [*earlier.get("wall_hours_per_segment", [earlier.get("wall_hours")] * len(earlier["segments"])), wall_hours]
     info = {"steps": step, "segments": [*earlier["segments"], step], "lrs": [*earlier["lrs"], lr], "seed": SEEDS[name],
-            "wall_hours_per_segment": hours,
-            "final_loss_mean_last_200": round(float(np.mean([r["loss"] for r in rows[-200:]])), 4)}
+            "wall_hours_per_segment": hours, "final_loss_mean_last_200": final_loss}
     known = [h for h in info["wall_hours_per_segment"] if h is not None]
     info["wall_hours"] = round(sum(known), 2) if len(known) == len(info["segments"]) else None  # None: not all recorded
     if "note" in earlier:  # what an earlier segment's card says about itself
@@ -182,7 +184,7 @@ def train_attributes(args: argparse.Namespace) -> None:
                    if k != "pattern") + F.cross_entropy(out["pattern"][:32], targets["pattern"][idx[16:]])
 
     fit("attributes", model, loss_at, lambda: ev.save_attributes(model, SHIPPED / "attributes"), args,
-        args.lr or 2e-3, 1e-4, warmup=1)
+        args.lr or EVALUATOR_LR["attributes"], 1e-4, warmup=1)
 
 
 def _pairs(labels: list[dict], gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,8 +213,8 @@ def train_dino(args: argparse.Namespace) -> None:
         target = torch.arange(48)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
-    fit("dino", model.train(), loss_at, lambda: ev.save_dino(model, SHIPPED / "dino"), args, args.lr or 5e-4, 0.05,
-        warmup=100)
+    fit("dino", model.train(), loss_at, lambda: ev.save_dino(model, SHIPPED / "dino"), args,
+        args.lr or EVALUATOR_LR["dino"], 0.05, warmup=100)
 
 
 def training_caption(label: dict, rng: np.random.Generator) -> str:
@@ -238,8 +240,8 @@ def train_clip(args: argparse.Namespace) -> None:
         return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels,
                      return_loss=True).loss
 
-    fit("clip", model.train(), loss_at, lambda: ev.save_clip(model, tok, folder), args, args.lr or 5e-4, 0.05,
-        warmup=100)
+    fit("clip", model.train(), loss_at, lambda: ev.save_clip(model, tok, folder), args,
+        args.lr or EVALUATOR_LR["clip"], 0.05, warmup=100)
 
 
 def main() -> None:
@@ -247,7 +249,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["attributes", "dino", "clip"])
     parser.add_argument("--steps", type=int, default=1500, help="train to this step (a later segment: past the "
                         "shipped model's step)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (attributes 2e-3, dino and clip 5e-4)")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate (default: {EVALUATOR_LR})")
     parser.add_argument("--init-from-shipped", action="store_true", help="a fresh state starts from the shipped "
                         "weights at their step (their pretrain.json)")
     parser.add_argument("--save-every", type=int, default=250)
@@ -262,6 +264,7 @@ def main() -> None:
         return
     if args.model is None:
         parser.error("--model attributes|dino|clip (or --check)")
+    check_segment(args)
     {"attributes": train_attributes, "dino": train_dino, "clip": train_clip}[args.model](args)
     print(f"saved {SHIPPED / args.model}")
 

@@ -58,7 +58,27 @@ def _commit() -> str:
         return "unknown"
 
 
-EVALUATOR_LR = {"attributes": 2e-3, "dino": 5e-4, "clip": 5e-4}  # tools/pretrain_world_evaluators.py's defaults
+EVALUATOR_LR = {"attributes": 2e-3, "dino": 5e-4, "clip": 5e-4}  # tools/pretrain_world_evaluators.py's default --lr
+
+
+def log_summary(rows: list[dict]) -> tuple[float, float | None]:
+    """Wall hours and the mean loss of the last 200 rows of a ``losses.jsonl`` (rows ``{"step", "loss", "t"}``, ``t``
+    in seconds since its process started: it restarts at 0 after a resume)."""
+    wall, previous = 0.0, 0.0
+    for r in rows:
+        wall += r["t"] - previous if r["t"] >= previous else r["t"]
+        previous = r["t"]
+    last = [r["loss"] for r in rows[-200:]]
+    return round(wall / 3600, 2), round(sum(last) / len(last), 4) if last else None
+
+
+def segments_command(script: str, model: str, segments: list[int], flags: list[str]) -> str:
+    """The command line of each pretraining segment: the first from scratch, each later one carried on from the
+    shipped weights (``flags``: each segment's non-default settings, " --lr 0.002")."""
+    cmd = f"`python tools/{script} --model {model} --steps N{flags[0]}` to step {segments[0]}"
+    for end, extra in zip(segments[1:], flags[1:], strict=True):
+        cmd += f", then `--steps {end} --init-from-shipped{extra}`"
+    return cmd
 
 
 def _evaluator_rows(out: Path) -> list[str]:
@@ -70,10 +90,7 @@ def _evaluator_rows(out: Path) -> list[str]:
             continue
         info = json.loads((out / name / "pretrain.json").read_text())
         lrs = [f" --lr {lr:g}" if lr != default else "" for lr in info["lrs"]]
-        segments = info["segments"]
-        cmd = f"`python tools/pretrain_world_evaluators.py --model {name} --steps N{lrs[0]}` to step {segments[0]}"
-        for end, lr in zip(segments[1:], lrs[1:], strict=True):
-            cmd += f", then `--steps {end} --init-from-shipped{lr}`"
+        cmd = segments_command("pretrain_world_evaluators.py", name, info["segments"], lrs)
         hours = info.get("wall_hours_per_segment", [info["wall_hours"]])
         wall = " + ".join("not recorded" if h is None else f"{h:g}" for h in hours)
         loss = info["final_loss_mean_last_200"]
@@ -93,11 +110,7 @@ def write_model_card(out: Path) -> None:
              "|---|---|---:|---:|---:|---:|"]
     for model in ("base", "sr"):
         info = json.loads((out / model / "pretrain.json").read_text())
-        segments = info.get("segments", [info["steps"]])
-        flag = _flags(model, info)
-        cmd = f"`python tools/pretrain_world.py --model {model} --steps N{flag[0]}` to step {segments[0]}"
-        for end, extra in zip(segments[1:], flag[1:], strict=True):  # each later one carried on from the shipped
-            cmd += f", then `--steps {end} --init-from-shipped{extra}`"
+        cmd = segments_command("pretrain_world.py", model, info.get("segments", [info["steps"]]), _flags(model, info))
         lines.append(f"| {model} | {cmd} | {info['steps']} | {info['examples']} | {info['wall_hours']} | "
                      f"{info['final_loss_mean_last_200']} |")
     lines += _evaluator_rows(out)
