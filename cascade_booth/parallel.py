@@ -8,6 +8,7 @@ single-process run nothing here starts a process group, so that path is exactly 
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -61,6 +62,15 @@ def init() -> None:
         from accelerate import PartialState
 
         PartialState(cpu=use_cpu())
+        atexit.unregister(_leave)  # once per process, however many stages it runs
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Tear the process group down before the interpreter does: a gloo group left to interpreter exit can
+    abort the process ("terminate called without an active exception", exit -6) after its work is done."""
+    if active():
+        torch.distributed.destroy_process_group()
 
 
 def active() -> bool:
