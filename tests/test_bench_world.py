@@ -71,3 +71,18 @@ def test_diffusers_equal_trains_each_stage_in_the_precision_the_preset_resolves_
         s1, s2 = tool.equal_commands(a, Path("photos"), Path("work"), "a zq clock")
         assert s1[s1.index("--mixed_precision") + 1] == "no"  # the world preset's stage one is fp32
         assert s2[s2.index("--mixed_precision") + 1] == stage_two
+
+
+def test_the_curves_diffusers_stage_one_is_built_whatever_stage_two_the_preset_trains():
+    """bench_world_curve builds only their stage one; a full-fine-tune stage two in the preset must not break it."""
+    import argparse
+    from pathlib import Path
+
+    from cascade_booth.config import load_config
+
+    curve = load_tool("bench_world_curve")
+    assert load_config("world").sr.full  # the case that broke: their stage two would need train_dreambooth.py
+    a = argparse.Namespace(diffusers_script=Path("train_dreambooth_lora.py"), every=100, steps=300)
+    s1 = curve.their_stage_one(a, "clock", "zq", Path("photos"), Path("work"))
+    assert "train_dreambooth_lora.py" in s1 and s1[s1.index("--checkpointing_steps") + 1] == "100"
+    assert s1[s1.index("--max_train_steps") + 1] == "300" and s1[s1.index("--instance_prompt") + 1] == "a zq clock"

@@ -77,9 +77,18 @@ def curve(a: argparse.Namespace) -> list[dict]:
     return points
 
 
+def their_stage_one(a: argparse.Namespace, cls: str, ident: str, photos: Path, work: Path) -> list[str]:
+    """diffusers-equal's stage-one command, checkpointed every ``a.every`` steps (the bench's stage two is not run)."""
+    from bench_world import equal_commands  # siblings: the script's folder is first on sys.path
+
+    bench = argparse.Namespace(cls=cls, smoke=False, diffusers_script=a.diffusers_script, diffusers_full_script=None)
+    s1, _ = equal_commands(bench, photos, work, f"a {ident} {cls}", checkpointing=a.every, base_steps=a.steps)
+    return s1
+
+
 def diffusers_curve(a: argparse.Namespace) -> list[dict]:
     """Their stage one at equal settings, checkpointed every ``a.every`` steps, each checkpoint read back."""
-    from bench_world import env_for, equal_commands  # siblings: the script's folder is first on sys.path
+    from bench_world import env_for  # siblings: the script's folder is first on sys.path
     from bench_world_report import readback
 
     work, subject = a.out / "diffusers", a.bench / "subject"
@@ -90,8 +99,7 @@ def diffusers_curve(a: argparse.Namespace) -> list[dict]:
     times = work / "times.json"
     if not times.exists():
         shutil.rmtree(work / "base", ignore_errors=True)  # an interrupted training starts again
-        bench = argparse.Namespace(cls=cls, smoke=False, diffusers_script=a.diffusers_script)
-        s1, _ = equal_commands(bench, photos, work, f"a {ident} {cls}", checkpointing=a.every, base_steps=a.steps)
+        s1 = their_stage_one(a, cls, ident, photos, work)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(work / "train.log", "w") as log:
