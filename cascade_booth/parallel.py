@@ -62,13 +62,14 @@ def init() -> None:
         from accelerate import PartialState
 
         PartialState(cpu=use_cpu())
-        atexit.unregister(_leave)  # once per process, however many stages it runs
-        atexit.register(_leave)
+        atexit.unregister(leave)  # once per process, however many stages it runs
+        atexit.register(leave)
 
 
-def _leave() -> None:
-    """Tear the process group down before the interpreter does: a gloo group left to interpreter exit can
-    abort the process ("terminate called without an active exception", exit -6) after its work is done."""
+def leave() -> None:
+    """Tear this process's group down, if it has one. Launched runs do it at exit (``init``): a gloo group left
+    to interpreter exit can abort the process ("terminate called without an active exception", exit -6)
+    after its work is done."""
     if active():
         torch.distributed.destroy_process_group()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from cascade_booth.errors import BoothError
-from cascade_booth.parallel import launched_world_size, local_rank
+from cascade_booth.parallel import launched_world_size, leave, local_rank
 
 
 def shard_range(n: int, rank: int, world_size: int) -> range:
@@ -72,15 +72,13 @@ def sharding(device: torch.device) -> Iterator[Shard]:
     if launched_world_size() == 1:
         yield SINGLE
         return
-    import torch.distributed as dist
     from accelerate import PartialState
 
     state = PartialState(cpu=device.type == "cpu", backend="gloo")
     try:
         yield Shard(rank=state.process_index, world_size=state.num_processes, all_gather=_all_gather_object)
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        leave()
 
 
 def shard_device(device: torch.device) -> torch.device:
