@@ -8,12 +8,12 @@ to ``OUT/logs/``; a finished step leaves ``OUT/done/<step>`` and is skipped when
 again (an unfinished one resumes through the run folder). What it runs, per subject (``world subject``
 with the given class and seed; the default seed 7 was never used for tuning):
 
-- ``prior``: ``train-base --config world`` (the preset: prior preservation on), rendered through the
+- ``prior``: ``train-base --config world`` (the preset: prior preservation on), rendered at 32 px and through the
   pretrained SR (Table 1's "stage one personalized"); then ``train-sr --config world`` and rendered
   again (Table 1's "both stages personalized"). ``world score`` renders "a [V] <class> <context>" for
   every non-plain context, the same prompts without [V] from the run (class prompts) and from the
   pretrained cascade, and reads them back.
-- ``noprior``: ``train-base --no-prior``, rendered through the pretrained SR (the paper's Table 3).
+- ``noprior``: ``train-base --no-prior``, read back at 32 px (the paper's Table 3).
 - ``--sr-strengths``: both stages again with ``world score --sr-strength S`` (stage two's img2img strength).
 - On the first ``--detail`` subjects only: ``train-sr --noise-level L`` on copies of the prior run's
   stage one for each ``--noise-levels`` (the paper: low augmentation keeps fine detail), and
@@ -126,8 +126,9 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     """Train and score the variants of one subject; returns {variant: {"score": ..., "renders": folder}}
     (and with ``detail``, fills ``meanings``: {colour word: ``meaning_probe``'s figures}).
 
-    Without ``detail``: the preset with and without prior preservation (read back at 32 px, ``--num-images``)
-    and both stages (128 px, ``--sr-images``: stage two's renders cost about 10 s each on one CPU thread).
+    Without ``detail``: the preset with and without prior preservation (read back at 32 px, ``--num-images``),
+    stage one through the pretrained SR and both stages (128 px, ``--sr-images``: stage two's renders cost about
+    10 s each on one CPU thread).
     With ``detail``: the stage-two noise levels and the identifiers (run after every subject's core)."""
     tag, out = f"{cls}-{seed}", steps.out
     photos, runs, renders = out / "subjects" / f"{cls}-{seed}", out / "runs" / tag, out / "renders" / tag
@@ -150,11 +151,11 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     score("noprior", runs / "noprior", sr=False)
     steps.run(f"{tag}.sr.prior", [*sr, "--run", str(runs / "prior")])
     score("both", runs / "prior", sr=True)
+    score("stage1-sr", runs / "stage-one", sr=True)  # Table 1's stage one personalized, the pretrained SR
     for strength in args.sr_strengths:  # stage two's img2img strength (render.sr_strength), beside the run's own
         score(f"both-s{strength:g}", runs / "prior", sr=True, extra=("--sr-strength", f"{strength:g}"))
     if not detail:
         return scored
-    score("stage1-sr", runs / "stage-one", sr=True)  # stage one personalized, the pretrained SR
     for word in args.identifiers:
         run = runs / f"identifier-{word}"
         steps.run(f"{tag}.base.identifier-{word}", [*base, "--run", str(run), "--identifier", word])
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sr-strengths", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
                    help="also score both stages at these render.sr_strength values")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt, 32 px read-back")
-    p.add_argument("--sr-images", type=int, default=2, help="images per prompt, 128 px read-back")
+    p.add_argument("--sr-images", type=int, default=4,  # issue 13's goals: 4 images x every non-plain context
+                   help="images per prompt, 128 px read-back")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="4 + 2 training steps: checks every path, measures nothing")
     args = p.parse_args(argv)

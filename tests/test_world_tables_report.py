@@ -1,0 +1,34 @@
+"""tools/world_tables_report.py counts issue 13's per-subject goals itself: the verdict is never typed by hand."""
+
+from __future__ import annotations
+
+from helpers_tools import load_tool
+
+
+def _score(colour: float, pattern: float, context: float, drift: float) -> dict:
+    readback = {"colour": colour, "pattern": pattern, "context": context, "dino": 0.5, "images": 24}
+    return {"instance": readback, "class": dict(readback), "pretrained": dict(readback), "colour_drift": drift,
+            "subject": {"class": "vase", "colour": "orange", "pattern": "dots"}}
+
+
+def _subject(both: dict) -> dict:
+    return {"stage1": {"s": _score(1.0, 0.0, 1.0, 0.0)}, "both": {"s": both}}
+
+
+def test_goals_are_counted_at_their_limits() -> None:
+    report = load_tool("world_tables_report")
+    limit = _score(20 / 24, 15 / 24, 20 / 24, 14 / 24 - 8 / 24)  # each at its goal; the drift 0.25000000000000006
+    assert report.goals_met(limit) == {"colour": True, "pattern": True, "context": True, "drift": True}
+    below = _score(19 / 24, 14 / 24, 19 / 24, 8 / 24 - 1 / 24)  # one render short of each, drift +0.29
+    assert report.goals_met(below) == {"colour": False, "pattern": False, "context": False, "drift": False}
+
+
+def test_per_subject_table_ends_with_the_count_of_subjects_meeting_each_goal() -> None:
+    report = load_tool("world_tables_report")
+    table = {"a-7": _subject(_score(1.0, 1.0, 1.0, 0.0)),  # all four
+             "b-7": _subject(_score(0.5, 1.0, 1.0, 0.0)),  # colour missed
+             "c-7": _subject(_score(1.0, 0.25, 1.0, 0.5))}  # pattern and drift missed
+    rows = report.per_subject(table)
+    assert len(rows) == 2 + 3 + 1  # header, one row per subject, the count
+    assert rows[-1] == "| **subjects meeting the goal (of 3)** |  | 2 | 2 | 3 | 2 | all four: **1** |  |"
+    assert rows[2].endswith("| 24 |")  # how many [V] renders each rate counts
