@@ -32,3 +32,22 @@ def test_per_subject_table_ends_with_the_count_of_subjects_meeting_each_goal() -
     assert len(rows) == 2 + 3 + 1  # header, one row per subject, the count
     assert rows[-1] == "| **subjects meeting the goal (of 3)** |  | 2 | 2 | 3 | 2 | all four: **1** |  |"
     assert rows[2].endswith("| 24 |")  # how many [V] renders each rate counts
+
+
+def test_metrics_are_measured_again_when_a_render_set_is_rendered_again(tmp_path, monkeypatch) -> None:
+    report = load_tool("world_tables_report")
+    renders = tmp_path / "renders" / "vase-7" / "both"
+    (renders / "personalized").mkdir(parents=True)
+    (renders / "personalized" / "p000-seed0-00.png").write_bytes(b"one")
+    measured: list = []
+
+    def fake_metrics(folder, photos) -> dict:  # the world DINO / CLIP are not needed to count measurements
+        measured.append(folder)
+        return {"n": len(measured)}
+
+    monkeypatch.setattr(report, "render_metrics", fake_metrics)
+    results = {"subjects": {"vase-7": {"both": {"renders": str(renders), "score": {}}}}}
+    assert report._collect(tmp_path, results)["vase-7"]["both"]["m"] == {"n": 1}
+    assert report._collect(tmp_path, results)["vase-7"]["both"]["m"] == {"n": 1}  # cached
+    (renders / "personalized" / "p000-seed0-01.png").write_bytes(b"two")  # rendered again, with more images
+    assert report._collect(tmp_path, results)["vase-7"]["both"]["m"] == {"n": 2}

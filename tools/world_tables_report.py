@@ -6,6 +6,7 @@ the world's DINO and CLIP; the attribute read-back comes from ``world score`` (`
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -76,17 +77,25 @@ def _f(value: float, pct: bool = False) -> str:
     return f"{value:.0%}" if pct else f"{value:.3f}"
 
 
+def _stamp(folder: Path) -> str:
+    """The render set's identity (names and modification times): a set rendered again is measured again."""
+    names = "".join(f"{p.relative_to(folder)}:{p.stat().st_mtime_ns};" for p in sorted(folder.rglob("*.png")))
+    return hashlib.sha256(names.encode()).hexdigest()
+
+
 def _collect(out: Path, results: dict) -> dict[str, dict[str, dict]]:
     """{subject: {variant: {"m": embedding metrics, "s": read-back figures}}}, metrics cached in OUT/metrics."""
     table: dict[str, dict[str, dict]] = {}
     for tag, variants in results["subjects"].items():
         photos = out / "subjects" / tag
         for variant, item in variants.items():
-            cache = out / "metrics" / tag / f"{variant}.json"
-            if not cache.exists():
+            cache, stamp = out / "metrics" / tag / f"{variant}.json", _stamp(Path(item["renders"]))
+            cached = json.loads(cache.read_text()) if cache.exists() else {}
+            if cached.get("stamp") != stamp:
+                cached = {"stamp": stamp, "metrics": render_metrics(Path(item["renders"]), photos)}
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(render_metrics(Path(item["renders"]), photos), indent=1))
-            table.setdefault(tag, {})[variant] = {"m": json.loads(cache.read_text()), "s": item["score"]}
+                cache.write_text(json.dumps(cached, indent=1))
+            table.setdefault(tag, {})[variant] = {"m": cached["metrics"], "s": item["score"]}
     return table
 
 
