@@ -51,7 +51,7 @@ def pool(name: str, designs: list[int], seed: int) -> dict:
         for _ in range(VIEWS):
             context = str(rng.choice(list(CONTEXTS)))
             scene: Scene = _pose(rng, context, d_id)
-            images.append(torch.from_numpy(np.asarray(draw_scene(scene, ev.IMAGE_SIZE))).permute(2, 0, 1))
+            images.append(torch.from_numpy(np.array(draw_scene(scene, ev.IMAGE_SIZE))).permute(2, 0, 1))
             labels.append({"design": d_id, "class": d.cls, "colour": d.colour, "pattern": d.pattern,
                            "context": context})
     data = {"images": torch.stack(images), "labels": labels}
