@@ -147,8 +147,9 @@ def goals_met(score: dict) -> dict[str, bool]:
 
 
 def per_subject(table: dict) -> list[str]:
-    head = ["| subject | 32 px: colour / context | 128 px: colour (goal >= 80 %) | pattern (>= 60 %) | "
-            "context (>= 80 %) | colour drift (<= 0.25) | 128 px DINO: [V] / class / pretrained | [V] renders |",
+    head = [f"| subject | 32 px: colour / context | 128 px: colour (goal >= {GOALS['colour'] * 100:.0f} %) | "
+            f"pattern (>= {GOALS['pattern'] * 100:.0f} %) | context (>= {GOALS['context'] * 100:.0f} %) | "
+            f"colour drift (<= {MAX_DRIFT:.2f}) | 128 px DINO: [V] / class / pretrained | [V] renders |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows, variants = [], ["both", *_strength_variants(table)]
     for (tag, v), variant in ((item, variant) for item in table.items() for variant in variants):
@@ -166,7 +167,7 @@ def per_subject(table: dict) -> list[str]:
     if met:  # the verdict is counted here, never by hand
         n = len(met)
         rows.append(_row(f"**subjects meeting the goal (of {n})**", [
-            "", *(str(sum(m[k] for m in met)) for k in ("colour", "pattern", "context", "drift")),
+            "", *(str(sum(m[k] for m in met)) for k in met[0]),  # goals_met's order: the columns' order
             f"all four: **{sum(all(m.values()) for m in met)}**", ""]))
     return head + rows
 
