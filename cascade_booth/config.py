@@ -63,6 +63,10 @@ class PriorConfig:
     sample_steps: int = 25
     guidance: float = 7.0
     batch_size: int = 8
+    # Also class images of "<class prompt> <context>" for each context (e.g. "in the snow"), class_images split
+    # evenly between the class prompt and these, each trained with its own prompt. Empty: the paper's single class
+    # prompt "a <class noun>". On the world it kept no more of the class prior and cost [V]'s colour (README).
+    contexts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +77,10 @@ class StageConfig:
     batch_size: int = 1
     lr: float = 5e-6
     lora_rank: int = 4
+    # LoRA also on the text keys/values (add_k_proj / add_v_proj). Off: image-side projections only, so the
+    # class noun's own text path is left as it was (less language drift); [V] is then bound through the
+    # learned identifier offset ([identifier] offset_lr) and the queries.
+    lora_text: bool = True
     full: bool = False
     optimizer: str = "adamw"  # or "adamw-in-backward" (config_checks.OPTIMIZERS): full fine-tunes in less memory
     variance: str = "learned"
@@ -151,6 +159,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
+    elif typ == list[str]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise InputError(f"{where}: expected a list of strings, got {value!r}")
     raise InputError(f"{where}: expected {typ.__name__}, got {value!r}")
 
 

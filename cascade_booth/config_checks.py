@@ -96,7 +96,7 @@ def _unused(cfg: Any, section: str, key: str) -> bool:
     """Values that train nothing in this config, so no value of them is wrong (``--no-prior --class-images 0``)."""
     if section == "prior":
         return key != "enabled" and not cfg.prior.enabled
-    return section in ("base", "sr") and key == "lora_rank" and getattr(cfg, section).full
+    return section in ("base", "sr") and key in ("lora_rank", "lora_text") and getattr(cfg, section).full
 
 
 Problem = tuple[str, str | None, str]  # (section, key or None for the whole table, text)
@@ -132,6 +132,18 @@ def _table_problems(cfg: Any) -> list[Problem]:
         problems.append(("render", "sr_strength", "< 1 needs sr_start = \"input\" (pure noise has no strength)"))
     if cfg.identifier.rank_min >= cfg.identifier.rank_max:
         problems.append(("identifier", None, "needs rank_min < rank_max"))
+    if cfg.prior.enabled:
+        problems += [("prior", "contexts", text) for text in _context_problems(cfg.prior)]
+    return problems
+
+
+def _context_problems(prior: Any) -> list[str]:
+    contexts = [c.strip() for c in prior.contexts]
+    problems = ["has an empty context"] if "" in contexts else []
+    if len(set(contexts)) < len(contexts):
+        problems.append(f"repeats a context: {prior.contexts!r}")
+    if prior.class_images < len(contexts) + 1:
+        problems.append(f"needs class_images >= {len(contexts) + 1} (one per class prompt), got {prior.class_images}")
     return problems
 
 

@@ -46,8 +46,8 @@ def learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
     """What ``stage``'s weights depend on, from a run.json-shaped dict (``stage_settings`` for stage two)."""
     config, defaults = meta.get("config", {}), Config().to_dict()
     recorded = {**defaults[stage], **(config.get(stage) or {})}
-    # steps may grow on resume (check_resume); a full fine-tune has no LoRA rank
-    unused = OPERATIONAL | {"steps"} | ({"lora_rank"} if recorded.get("full") else set())
+    # steps may grow on resume (check_resume); a full fine-tune has no LoRA rank or targets
+    unused = OPERATIONAL | {"steps"} | ({"lora_rank", "lora_text"} if recorded.get("full") else set())
     out = {k: meta.get(k) for k in RUN_KEYS} | {"config": {k: v for k, v in recorded.items() if k not in unused}}
     if stage == "base":  # the class images are part of stage one's training data, when the prior is on
         prior = {**defaults["prior"], **(config.get("prior") or {})}

@@ -54,6 +54,8 @@ TABLE: tuple[Flag, ...] = (
     Flag("--batch-size", (f"{STAGE}.batch_size",), f"{_OVER} batch_size."),
     Flag("--lr", (f"{STAGE}.lr",), f"Learning rate, in (0, 1]. {_OVER} lr."),
     Flag("--lora-rank", (f"{STAGE}.lora_rank",), f"{_OVER} lora_rank."),
+    Flag("--lora-text/--no-lora-text", (f"{STAGE}.lora_text",),
+         f"LoRA also on the text keys/values (add_k_proj, add_v_proj). {_OVER} lora_text."),
     Flag("--full/--lora", (f"{STAGE}.full",), "Full fine-tune instead of LoRA."),
     Flag("--seed", ("seed",), "Overrides the config's seed (>= 0)."),
     Flag("--checkpoint-every", (f"{STAGE}.checkpoint_every",), f"0: no checkpoints. {_OVER} checkpoint_every."),

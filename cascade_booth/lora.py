@@ -7,18 +7,23 @@ from pathlib import Path
 import torch
 
 # IF's UNets use SimpleCrossAttn blocks (AttnAddedKVProcessor): text keys/values enter through
-# add_k_proj / add_v_proj, so they must carry adapters too or the text binding cannot change.
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"]
+# add_k_proj / add_v_proj, so they carry adapters too unless ``text=False``: then what a prompt's words mean to
+# the UNet is left as it was, and only [V]'s learned offset (identifier_offset) and the queries bind the subject.
+IMAGE_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_TARGETS = [*IMAGE_TARGETS, "add_k_proj", "add_v_proj"]
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
-def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> list[torch.nn.Parameter]:
-    """Freeze ``unet``, attach a LoRA adapter of ``rank`` and return the trainable parameters."""
+def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None,
+             text: bool = True) -> list[torch.nn.Parameter]:
+    """Freeze ``unet``, attach a LoRA adapter of ``rank`` (``text``: also on the text keys/values) and return the
+    trainable parameters."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)
     config = LoraConfig(
-        r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+        r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+        target_modules=LORA_TARGETS if text else IMAGE_TARGETS,
     )
     unet.add_adapter(config)
     params = [p for p in unet.parameters() if p.requires_grad]

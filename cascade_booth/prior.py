@@ -9,6 +9,7 @@ generation resumes where it stopped (each PNG is written atomically) with bit-id
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -123,6 +124,44 @@ def class_images(
             if progress and parallel.is_main():
                 progress(len(paths), len(paths))
     return paths
+
+
+def class_prompts(class_prompt: str, contexts: list[str]) -> list[str]:
+    """The class prompt, then the class prompt in each of ``contexts`` (``[prior] contexts``)."""
+    return [class_prompt] + [f"{class_prompt} {c.strip()}" for c in contexts]
+
+
+def prior_images(
+    model_path: Path,
+    class_prompt: str,
+    cfg: PriorConfig,
+    seed: int,
+    cache_root: Path,
+    texts: TextEmbeddings,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    resolution: int | None = None,
+) -> list[tuple[Path, str]]:
+    """Stage one's class images with the prompt of each: ``cfg.class_images`` split evenly (the first prompts
+    take the remainder) between ``class_prompts``, each set cached by ``class_images``.
+
+    The class prompt's own images keep ``seed``, so a prior without contexts is the paper's, cache included;
+    each context draws its own noise (a seed derived from it), not the class prompt's images again in a new place.
+    """
+    prompts = class_prompts(class_prompt, cfg.contexts)
+    counts = [cfg.class_images // len(prompts) + (k < cfg.class_images % len(prompts)) for k in range(len(prompts))]
+    out: list[tuple[Path, str]] = []
+    for k, (prompt, count) in enumerate(zip(prompts, counts, strict=True)):
+        report = None if progress is None else _offset_progress(progress, len(out), cfg.class_images)
+        own_seed = seed if k == 0 else derive_seed("prior-context", seed, prompt)
+        paths = class_images(model_path, prompt, dataclasses.replace(cfg, class_images=count), own_seed,
+                             cache_root, texts, device, report, resolution)
+        out += [(path, prompt) for path in paths]
+    return out
+
+
+def _offset_progress(progress: Progress, done: int, total: int) -> Progress:
+    return lambda n, _: progress(done + n, total)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,10 @@
 """Stage one: fine-tune the 64 px text-to-image model with prior preservation (paper section 3.3).
 
-Instance prompt "a [V] <class noun>" on the subject photos; class prompt "a <class noun>" on class
-images the frozen model generated. Each batch holds ``batch_size`` of each; the loss is the
-instance mean plus ``prior.weight`` times the class mean (``losses.prior_weighted_mean``). With
-``identifier.offset_lr`` > 0 the instance prompt's states also carry a learned offset at [V]'s tokens
-(``cascade_booth.identifier_offset``).
+Instance prompt "a [V] <class noun>" on the subject photos; class prompt "a <class noun>" (and, with
+``[prior] contexts``, "a <class noun> <context>") on class images the frozen model generated from it.
+Each batch holds ``batch_size`` of each; the loss is the instance mean plus ``prior.weight`` times the
+class mean (``losses.prior_weighted_mean``). With ``identifier.offset_lr`` > 0 the instance prompt's
+states also carry a learned offset at [V]'s tokens (``cascade_booth.identifier_offset``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cascade_booth.diffusion import training_losses
 from cascade_booth.identifier import instance_template
 from cascade_booth.identifier_offset import KEEP_NORM, OFFSET_NAME, IdentifierOffset, identifier_mask
 from cascade_booth.models import cache_dir, resolve_model
-from cascade_booth.prior import class_images
+from cascade_booth.prior import prior_images
 from cascade_booth.safeload import pickles
 from cascade_booth.session import RunContext, TrainRequest, open_run
 from cascade_booth.text import TextEmbeddings, load_tokenizer
@@ -41,7 +41,7 @@ class BaseJob:
     instance: torch.Tensor  # [n, 3, 64, 64]
     instance_text: torch.Tensor  # [77, d]
     class_images: torch.Tensor | None  # [m, 3, 64, 64]
-    class_text: torch.Tensor | None
+    class_text: torch.Tensor | None  # [m, 77, d]: each class image's prompt ([prior] contexts)
     batch_size: int
     prior_weight: float
     variance: str
@@ -66,7 +66,7 @@ class BaseJob:
         if self.class_images is not None:
             cidx = self._class_order.take(index * self.batch_size, self.batch_size)
             x0.append(self.class_images[cidx])
-            text.append(self.class_text.expand(len(cidx), -1, -1))
+            text.append(self.class_text[cidx])
             is_prior.append(torch.ones(len(cidx), dtype=torch.bool))
         return Batch(torch.cat(x0), torch.cat(text), torch.cat(is_prior))
 
@@ -107,10 +107,10 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
     texts.ensure(prompts, device=dev)
     class_tensor = class_text = None
     if cfg.prior.enabled:
-        paths = class_images(model_path, ctx.meta["class_prompt"], cfg.prior, cfg.seed, cache_dir(), texts,
+        prior = prior_images(model_path, ctx.meta["class_prompt"], cfg.prior, cfg.seed, cache_dir(), texts,
                              dev, progress, resolution=resolution)
-        class_tensor = stack_images([open_rgb(p) for p in paths], resolution)
-        class_text = texts.get(ctx.meta["class_prompt"])
+        class_tensor = stack_images([open_rgb(path) for path, _ in prior], resolution)
+        class_text = texts.stack([prompt for _, prompt in prior])
     unet, params = load_unet(model_path, cfg.base, dev, cfg.seed)
     instance_text = texts.get(ctx.meta["instance_prompt"])
     offset = mask = None

@@ -81,7 +81,7 @@ def load_unet(model_path: Path, cfg: StageConfig, device: torch.device, seed: in
             unet.to(dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "lora-init"))
-            params = add_lora(unet, cfg.lora_rank)
+            params = add_lora(unet, cfg.lora_rank, text=cfg.lora_text)
         cache_text_conditioning(unet)  # its text branches stay frozen: each prompt computed once
     unet.to(device)
     unet.train()

@@ -1,5 +1,6 @@
 """Stage one end to end on the tiny cascade: CLI, run folder, LoRA files, prior batches, caches."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from cascade_booth.cli import main
 from cascade_booth.models import cache_dir
 from cascade_booth.prior import class_images
 from cascade_booth.text import TextEmbeddings
+from stages.common import open_rgb, stack_images
 
 
 def test_tiny_cascade_has_ifs_architecture(tiny_paths):
@@ -76,6 +78,22 @@ def test_lora_keys_shapes_and_reload_into_ifpipeline(trained: Path, tiny_paths):
         assert torch.equal(loaded[key.removeprefix("unet.")], value), key
 
 
+def test_no_lora_text_leaves_the_text_keys_and_values_alone(tmp_path, trained: Path):
+    from conftest import CLOCK
+
+    run = tmp_path / "image-only"
+    result = _train(["--lr", "1e-2", "--no-lora-text"], CLOCK, run)
+    assert result.exit_code == 0, result.output
+    weights = load_file(str(run / "base" / "pytorch_lora_weights.safetensors"))
+    assert any("to_q.lora_A" in k for k in weights) and any("to_k.lora_A" in k for k in weights)
+    assert not any("add_k_proj" in k or "add_v_proj" in k for k in weights)
+    with_text = load_file(str(trained / "base" / "pytorch_lora_weights.safetensors"))
+    assert set(weights) == {k for k in with_text if "add_k_proj" not in k and "add_v_proj" not in k}
+    assert json.loads((run / "run.json").read_text())["config"]["base"]["lora_text"] is False
+    again = _train(["--resume", "--steps", "3"], CLOCK, run)  # the preset's lora_text = true: another model
+    assert again.exit_code != 0 and "lora_text: False -> True" in again.output, again.output
+
+
 def test_checkpoints_are_written_and_pruned(trained: Path):
     ckpts = sorted(p.name for p in (trained / "base" / "checkpoints").iterdir())
     assert ckpts == ["step-1", "step-2"]
@@ -105,6 +123,51 @@ def test_prior_batches_hold_instance_then_class_samples(clock_subject, tmp_path)
     assert len({tuple(x.flatten()[:50].tolist()) for x in seen[:3]}) == 3
     losses = job.losses(job.unet, batch, torch.Generator().manual_seed(0))
     assert losses.shape == (4,) and torch.isfinite(losses).all()
+
+
+def test_prior_contexts_split_the_class_images_and_give_each_its_prompt(clock_subject, tmp_path, tiny_paths):
+    from cascade_booth.session import TrainRequest
+    from stages.base import prepare
+
+    cfg = tiny_config(batch_size=5)
+    cfg.prior.class_images, cfg.prior.contexts = 5, ["in the snow", "on the beach"]
+    ctx, job, _ = prepare(TrainRequest(subject=clock_subject, class_noun="clock", run=tmp_path / "r", config=cfg))
+    ctx.run.unlock()
+    texts = TextEmbeddings(tiny_paths["base"], cache_dir())
+    expected = ["a clock"] * 2 + ["a clock in the snow"] * 2 + ["a clock on the beach"]  # 5 split 2 / 2 / 1
+    assert torch.equal(job.class_text, texts.stack(expected))
+    batch = job.batch(0, None)  # one epoch of the class images: each with its own prompt's text
+    class_x0, class_text = batch.x0[batch.is_prior], batch.text[batch.is_prior]
+    for x0, text in zip(class_x0, class_text, strict=True):
+        k = next(i for i in range(5) if torch.equal(job.class_images[i], x0))
+        assert torch.equal(text, texts.get(expected[k]))
+    # the class prompt's own images are the paper's prior (same seed, same cache), the contexts' are not
+    plain = class_images(tiny_paths["base"], "a clock", dataclasses.replace(cfg.prior, class_images=2, contexts=[]),
+                         cfg.seed, cache_dir(), texts)
+    assert torch.equal(job.class_images[:2], stack_images([open_rgb(p) for p in plain], 64))
+    same_noise = class_images(tiny_paths["base"], "a clock in the snow",
+                              dataclasses.replace(cfg.prior, class_images=2, contexts=[]), cfg.seed, cache_dir(), texts)
+    assert not torch.equal(job.class_images[2:4], stack_images([open_rgb(p) for p in same_noise], 64))
+
+
+def test_prior_contexts_are_checked(clock_subject, tmp_path):
+    for contexts, images, words in ((["in the snow", " "], 8, "empty context"),
+                                    (["in the snow", "in the snow"], 8, "repeats a context"),
+                                    (["in the snow"], 1, "class_images >= 2")):
+        result = CliRunner().invoke(main, ["train-base", "--config", str(_config_file(tmp_path, contexts, images)),
+                                           "--subject", str(clock_subject), "--class-noun", "clock",
+                                           "--run", str(tmp_path / "r")])
+        assert result.exit_code != 0 and "[prior] contexts" in result.output and words in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def _config_file(folder: Path, contexts: list[str], images: int) -> Path:
+    from cascade_booth.config import CONFIG_DIR
+
+    path = folder / "contexts.toml"
+    tiny = (CONFIG_DIR / "tiny.toml").read_text()
+    path.write_text(tiny.replace("class_images = 4", f"class_images = {images}\ncontexts = {json.dumps(contexts)}"))
+    return path
 
 
 def test_class_image_cache_is_reused_and_grows(tiny_paths):
