@@ -20,7 +20,7 @@ from cascade_booth.diffusion import training_losses
 from cascade_booth.identifier import instance_template
 from cascade_booth.identifier_offset import KEEP_NORM, OFFSET_NAME, IdentifierOffset, identifier_mask
 from cascade_booth.models import cache_dir, resolve_model
-from cascade_booth.prior import prior_images
+from cascade_booth.prior import class_prompts, prior_images
 from cascade_booth.safeload import pickles
 from cascade_booth.session import RunContext, TrainRequest, open_run
 from cascade_booth.text import TextEmbeddings, load_tokenizer
@@ -103,8 +103,8 @@ def _build_job(req: TrainRequest, ctx: RunContext, model_path: Path, resolution:
     cfg = req.config
     dev = device()
     texts = TextEmbeddings(model_path, cache_dir())
-    prompts = [ctx.meta["instance_prompt"], ctx.meta["class_prompt"], ""]
-    texts.ensure(prompts, device=dev)
+    prompts = [ctx.meta["instance_prompt"], ""] + class_prompts(ctx.meta["class_prompt"], cfg.prior.contexts)
+    texts.ensure(prompts, device=dev)  # one load of the text encoder for every prompt stage one reads
     class_tensor = class_text = None
     if cfg.prior.enabled:
         prior = prior_images(model_path, ctx.meta["class_prompt"], cfg.prior, cfg.seed, cache_dir(), texts,
