@@ -142,7 +142,7 @@ def _context_problems(prior: Any) -> list[str]:
     problems = ["has an empty context"] if "" in contexts else []
     if len(set(contexts)) < len(contexts):
         problems.append(f"repeats a context: {prior.contexts!r}")
-    if prior.class_images < len(contexts) + 1:
+    if 1 <= prior.class_images < len(contexts) + 1:  # below 1 the class_images range itself says so
         problems.append(f"needs class_images >= {len(contexts) + 1} (one per class prompt), got {prior.class_images}")
     return problems
 
