@@ -109,6 +109,10 @@ class SRConfig(StageConfig):
     lr: float = 1e-6
     noise_level: int = 100
     prompt: str = "instance"
+    # Stage two's class prior (cascade_booth/sr_prior.py): this many of stage one's class images, upsampled by the
+    # frozen SR as the runner samples, trained beside the subject's pairs with the class prompt and [prior] weight.
+    # 0: the paper's stage two, subject pairs only.
+    class_images: int = 0
 
 
 @dataclass

@@ -63,7 +63,8 @@ RANGES: dict[str, dict[str, Range]] = {
         "warmup_steps": NON_NEGATIVE, "checkpoint_every": NON_NEGATIVE, "keep_checkpoints": POSITIVE,
         "validation_every": NON_NEGATIVE, "max_bad_steps": POSITIVE,
     },
-    "SRConfig": {"noise_level": Range(0, 999)},  # IF's image-noising scheduler has 1000 levels
+    "SRConfig": {"noise_level": Range(0, 999),  # IF's image-noising scheduler has 1000 levels
+                 "class_images": Range(0, hint=" (0: no class prior in stage two)")},
     "RenderConfig": {"steps": POSITIVE, "guidance": NON_NEGATIVE, "sr_steps": POSITIVE,
                      "sr_guidance": NON_NEGATIVE, "num_images": POSITIVE, "sr_strength": Range(0, 1, open_low=True)},
 }

@@ -82,6 +82,10 @@ TABLE: tuple[Flag, ...] = (
     Flag("--noise-level", ("sr.noise_level",), "Noise-augmentation level of the 64 px input (0-999).",
          stages=("sr",)),
     Flag("--prompt", ("sr.prompt",), "Training prompt.", stages=("sr",)),
+    Flag("--class-images", ("sr.class_images",),
+         "Stage two's class prior: this many of stage one's class images, upsampled by the frozen SR, trained beside "
+         "the subject with the class prompt and [prior] weight (0: none, the paper's). Overrides [sr] class_images.",
+         stages=("sr",)),
 )
 
 

@@ -38,10 +38,11 @@ from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.runfolder import RunFolder, checkpoint_steps
 from cascade_booth.safeload import pickles
 from cascade_booth.session import RunContext, load_subject, lock_stage, subject_fingerprint
+from cascade_booth.sr_prior import SRPriorSpec, sr_class_pairs
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, Extra, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
-from stages.common import EpochOrder, PreparedStage, load_unet, stack_images, train_prepared
+from stages.common import EpochOrder, PreparedStage, load_unet, open_rgb, stack_images, train_prepared
 
 NAME = "sr"
 
@@ -83,16 +84,29 @@ class SRJob:
     prior_weight: float = 0.0
     x0_weight_cap: float = 1.0
     offset_noise: float = 0.0
+    # [sr] class_images (cascade_booth/sr_prior.py): class pairs, each batch takes as many as subject pairs
+    class_targets: torch.Tensor | None = None  # [m, 3, S, S]: the frozen SR's outputs
+    class_low_res: torch.Tensor | None = None  # [m, 3, s, s]: stage one's class images
+    class_text: torch.Tensor | None = None  # [77, d]: the class prompt
     name: str = NAME
     extras: dict[str, Extra] = field(default_factory=dict)  # stage two trains the UNet alone
 
     def __post_init__(self) -> None:
         self._order = EpochOrder(len(self.targets), derive_seed(self.seed, "sr-order"))
+        if self.class_targets is not None:
+            self._class_order = EpochOrder(len(self.class_targets), derive_seed(self.seed, "sr-class-order"))
 
     def batch(self, index: int, generator: torch.Generator) -> Batch:
         idx = self._order.take(index * self.batch_size, self.batch_size)
-        is_prior = torch.zeros(len(idx), dtype=torch.bool)
-        return Batch(self.targets[idx], self.text.expand(len(idx), -1, -1), is_prior, self.low_res[idx])
+        batch = Batch(self.targets[idx], self.text.expand(len(idx), -1, -1), torch.zeros(len(idx), dtype=torch.bool),
+                      self.low_res[idx])
+        if self.class_targets is None:
+            return batch
+        cidx = self._class_order.take(index * self.batch_size, self.batch_size)
+        return Batch(torch.cat([batch.x0, self.class_targets[cidx]]),
+                     torch.cat([batch.text, self.class_text.expand(len(cidx), -1, -1)]),
+                     torch.cat([batch.is_prior, torch.ones(len(cidx), dtype=torch.bool)]),
+                     torch.cat([batch.low_res, self.class_low_res[cidx]]))
 
     def losses(self, unet, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """Conditioning first (as the sampler draws it after its initial noise), then t and noise."""
@@ -204,18 +218,39 @@ def prepare(req: SRRequest, progress=None) -> PreparedStage:
     meta, notes = lock_stage(run, lambda: _check_start(run, meta, record, req))
     ctx = RunContext(request=req, run=run, meta=meta, images=images, warnings=warnings + notes, model_path=model_path)
     try:
-        return PreparedStage(ctx, _build_job(ctx, cfg, sr_res, base_res), cfg)
+        return PreparedStage(ctx, _build_job(ctx, cfg, sr_res, base_res, progress), cfg)
     except BaseException:
         run.unlock()
         raise
 
 
-def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int) -> SRJob:
+def _class_pairs(ctx: RunContext, cfg: Config, base_res: int, texts: TextEmbeddings, progress) -> dict[str, Any]:
+    """SRJob's class fields for ``[sr] class_images`` (none when 0): stage one's class images and the frozen SR's
+    outputs for them, with the class prompt (``cascade_booth/sr_prior.py``)."""
+    if cfg.sr.class_images == 0:
+        return {}
+    low, high = sr_class_pairs(_prior_spec(ctx, base_res), cfg, cache_dir(), texts, device(), progress)
+    sr_res = int(ctx.meta["stages"][NAME]["sr_resolution"])
+    return dict(class_low_res=stack_images([open_rgb(p) for p in low], base_res),
+                class_targets=stack_images([open_rgb(p) for p in high], sr_res),
+                class_text=texts.get(ctx.meta["class_prompt"]), prior_weight=cfg.prior.weight)
+
+
+def _prior_spec(ctx: RunContext, base_res: int) -> SRPriorSpec:
+    """Stage one's class images as the run made them: its model, class prompt, seed and [prior] settings."""
+    recorded = from_dict(Config, ctx.meta["config"], f"{ctx.run.path}/run.json config")
+    return SRPriorSpec(base_model=text_model_path(ctx.meta), sr_model=ctx.model_path,
+                       class_prompt=ctx.meta["class_prompt"], base_resolution=base_res, seed=int(ctx.meta["seed"]),
+                       prior=recorded.prior)
+
+
+def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int, progress=None) -> SRJob:
     from diffusers import DDPMScheduler
 
     prompt, model_path = ctx.meta["stages"][NAME]["prompt_text"], ctx.model_path
     texts = TextEmbeddings(text_model_path(ctx.meta), cache_dir())
-    texts.ensure([prompt], device=device())
+    texts.ensure([prompt, ctx.meta["class_prompt"], ""], device=device())
+    prior = _class_pairs(ctx, cfg, base_res, texts, progress)
     unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
     photos = [i.image for i in ctx.images]
     return SRJob(
@@ -223,7 +258,7 @@ def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int) -> SRJo
         noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),
         targets=stack_images(photos, sr_res), low_res=stack_images(photos, base_res), text=texts.get(prompt),
         batch_size=cfg.sr.batch_size, noise_level=cfg.sr.noise_level, variance=cfg.sr.variance, seed=cfg.seed,
-        x0_weight_cap=cfg.sr.x0_weight_cap, offset_noise=cfg.sr.offset_noise,
+        x0_weight_cap=cfg.sr.x0_weight_cap, offset_noise=cfg.sr.offset_noise, **prior,
     )
 
 

@@ -343,3 +343,60 @@ def test_config_comes_from_the_run_unless_given(stage_one):
                                                                                          3, 6)
     with pytest.raises(InputError, match="--noise-level must be in 0..999"):
         sr.resolve_config(sr.SRRequest(run=stage_one, overrides=dict(noise_level=1000)), meta)
+
+
+# (c) stage two's class prior ([sr] class_images) --------------------------------------------------------
+
+
+def test_class_prior_pairs_are_stage_ones_class_images_and_the_frozen_srs_renders(stage_one):
+    """Each class pair is (one of stage one's cached class images, what the frozen SR draws from it with the class
+    prompt, sampled as the runner samples), trained with the class prompt, masked as prior, at [prior] weight."""
+    from cascade_booth.seeds import derive_seed
+    from cascade_booth.sr_prior import sr_class_pairs
+    from cascade_booth.text import TextEmbeddings
+
+    ctx, job, cfg = sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(class_images=2)))
+    ctx.run.unlock()
+    meta = ctx.meta
+    assert job.class_targets.shape == (2, 3, 256, 256) and job.prior_weight == cfg.prior.weight
+    cached = sorted((cache_dir() / "class_images").glob("*/0000[01].png"))  # stage one's 2 class images
+    assert torch.equal(job.class_low_res, torch.stack([to_tensor(Image.open(p), 64) for p in cached]))
+    texts = TextEmbeddings(text_model_path(meta), cache_dir())
+    assert torch.equal(job.class_text, texts.get(meta["class_prompt"]))
+
+    # The second image redrawn by hand: the frozen tiny SR from its own generator, the run's render settings.
+    unet = UNet2DConditionModel.from_pretrained(resolve_model("tiny", 2) / "unet").eval()
+    r = cfg.render
+    sched = make_scheduler(DDPMScheduler.load_config(resolve_model("tiny", 2) / "scheduler"), "learned", r.sr_steps,
+                           "cpu")
+    own = torch.Generator().manual_seed(derive_seed("sr-class-image", meta["seed"], 1))
+    text = texts.get(meta["class_prompt"])[None]
+    drawn = sample_sr(unet, sched, job.noising_scheduler, job.class_low_res[1:], text, texts.get("")[None],
+                      cfg.sr.noise_level, r.sr_guidance, [own], start=r.sr_start, strength=r.sr_strength)
+    pixels = ((drawn.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    assert torch.allclose(job.class_targets[1], pixels[0], atol=1.5 / 127.5)
+
+    batch = job.batch(0, torch.Generator())
+    n = job.batch_size
+    assert batch.is_prior.tolist() == [False] * n + [True] * n and len(batch.low_res) == 2 * n
+    assert torch.equal(batch.text[n], job.class_text) and torch.equal(batch.text[0], job.text)
+    assert job_losses(job, batch).shape == (2 * n,)
+
+    # A smaller count reads the same cache: the first pair does not depend on how many were asked for.
+    from dataclasses import replace
+
+    spec_cfg = replace(cfg, sr=replace(cfg.sr, class_images=1))
+    from stages.sr import _prior_spec
+
+    low, high = sr_class_pairs(_prior_spec(ctx, 64), spec_cfg, cache_dir(), texts, torch.device("cpu"))
+    assert torch.equal(to_tensor(Image.open(high[0]), 256), job.class_targets[0])
+
+
+def test_without_class_prior_stage_two_trains_the_subject_alone(stage_one):
+    ctx, job, _ = sr.prepare(sr.SRRequest(run=stage_one))
+    ctx.run.unlock()
+    assert job.class_targets is None and job.prior_weight == 0.0
+    assert not job.batch(0, torch.Generator()).is_prior.any()
+    meta = json.loads((stage_one / "run.json").read_text())
+    with pytest.raises(InputError, match=r"--class-images must be >= 0, got -1 \(0: no class prior"):
+        sr.resolve_config(sr.SRRequest(run=stage_one, overrides=dict(class_images=-1)), meta)

@@ -14,6 +14,9 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 - ``cascade-booth-short``: the same preset with a third of the steps (stage one 200, stage two 100), and
   ``cascade-booth-100`` (100 and 100): how long the whole cascade takes to reach diffusers-equal's quality
   (stage one alone passes it after 100 steps, ``tools/bench_world_curve.py``).
+- ``cascade-booth-lora-text``: the preset with LoRA on the text keys/values too (``--lora-text``), the LoRA
+  targets of diffusers' IF script; the preset leaves them out (``[base] lora_text = false``, less drift).
+  ``cascade-booth-bf16``: stage one in bf16 autocast as well (``--mixed-precision bf16``).
 - ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank, batch and precision (as
   resolved on this machine: stage two in bf16 where the CPU has bf16 units) (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
@@ -64,11 +67,15 @@ PARTS = {  # part -> pattern of the output lines that belong to it (first match 
 }
 SMOKE_BASE = ["--steps", "4", "--class-images", "4", "--checkpoint-every", "0"]  # --smoke: every path, no meaning
 SMOKE_SR = ["--steps", "2", "--checkpoint-every", "0"]
-SHORT = {  # the preset with fewer steps (stage one, stage two): time to quality, whole cascade
-    "cascade-booth-short": (["--steps", "200"], ["--steps", "100"]),  # a third of the preset's steps
+VARIANTS = {  # the preset with these (stage one, stage two) flags
+    "cascade-booth-short": (["--steps", "200"], ["--steps", "100"]),  # a third of the steps: time to quality
     "cascade-booth-100": (["--steps", "100"], ["--steps", "100"]),  # stage one's first curve point
+    # LoRA on the text keys/values too, as diffusers' IF LoRA script adapts them (add_k_proj, add_v_proj): the
+    # equal-settings row's LoRA targets (the preset leaves them out: [base] lora_text = false)
+    "cascade-booth-lora-text": (["--lora-text"], []),
+    "cascade-booth-bf16": (["--mixed-precision", "bf16"], []),  # stage one in bf16 autocast too (stage two is)
 }
-TOOLS = ("cascade-booth", *SHORT, "diffusers-equal", "diffusers-recommended", "diffusers-pretrained")
+TOOLS = ("cascade-booth", "diffusers-equal", *VARIANTS, "diffusers-recommended", "diffusers-pretrained")
 
 
 def _rss_mib(pid: int) -> float:
@@ -151,12 +158,12 @@ def env_for(threads: int, cache: Path) -> dict:
 
 def cascade_booth(a: argparse.Namespace, tool: str, photos: Path, work: Path, env: dict) -> tuple[dict, Path, str]:
     """Train both stages and render once with cascade-booth; returns (timings, run folder, identifier).
-    The ``SHORT`` rows train the preset with fewer steps: time to quality, whole cascade."""
+    The ``VARIANTS`` rows train the preset with a few flags changed (fewer steps: time to quality, whole cascade)."""
     cli, run = [sys.executable, "-m", "cascade_booth.cli"], work / "run"
     base = [*cli, "train-base", "--config", "world", "--subject", str(photos), "--class-noun", a.cls, "--run", str(run)]
     sr = [*cli, "train-sr", "--config", "world", "--run", str(run)]
-    if tool in SHORT:
-        base, sr = base + SHORT[tool][0], sr + SHORT[tool][1]
+    if tool in VARIANTS:
+        base, sr = base + VARIANTS[tool][0], sr + VARIANTS[tool][1]
     t = {"stage one": run_timed(f"{tool}.train-base", base + SMOKE_BASE * a.smoke, env, a.logs),
          "stage two": run_timed(f"{tool}.train-sr", sr + SMOKE_SR * a.smoke, env, a.logs),
          "first render": run_timed(f"{tool}.render", [*cli, "render", "--run", str(run), "--num-images", "1",
