@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,8 +64,6 @@ def sr_class_pairs(spec: SRPriorSpec, cfg: Config, cache_root: Path, texts: Text
     The low-resolution images are the first ``cfg.sr.class_images`` of stage one's class-image cache (found
     there, or generated as stage one would); only the main process samples, the others wait for it.
     """
-    from dataclasses import replace
-
     count = cfg.sr.class_images
     low = class_images(spec.base_model, spec.class_prompt, replace(spec.prior, class_images=count), spec.seed,
                        cache_root, texts, device, resolution=spec.base_resolution)
