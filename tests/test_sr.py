@@ -13,6 +13,7 @@ from diffusers import DDPMScheduler, IFImg2ImgSuperResolutionPipeline, IFSuperRe
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from cascade_booth.config import load_config
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.handoff import text_model_path
 from cascade_booth.images import to_tensor
@@ -359,7 +360,12 @@ def test_class_prior_pairs_are_stage_ones_class_images_and_the_frozen_srs_render
     ctx.run.unlock()
     meta = ctx.meta
     assert job.class_targets.shape == (2, 3, 256, 256) and job.prior_weight == cfg.prior.weight
-    cached = sorted((cache_dir() / "class_images").glob("*/0000[01].png"))  # stage one's 2 class images
+    from cascade_booth.prior import cache_key
+    from stages.sr import _prior_spec
+
+    spec = _prior_spec(ctx, 64)
+    folder = cache_key(spec.base_model, meta["class_prompt"], 64, load_config("tiny").prior, meta["seed"])
+    cached = [cache_dir() / "class_images" / folder / f"{i:05d}.png" for i in range(2)]  # stage one's first two
     assert torch.equal(job.class_low_res, torch.stack([to_tensor(Image.open(p), 64) for p in cached]))
     texts = TextEmbeddings(text_model_path(meta), cache_dir())
     assert torch.equal(job.class_text, texts.get(meta["class_prompt"]))
@@ -386,9 +392,7 @@ def test_class_prior_pairs_are_stage_ones_class_images_and_the_frozen_srs_render
     from dataclasses import replace
 
     spec_cfg = replace(cfg, sr=replace(cfg.sr, class_images=1))
-    from stages.sr import _prior_spec
-
-    low, high = sr_class_pairs(_prior_spec(ctx, 64), spec_cfg, cache_dir(), texts, torch.device("cpu"))
+    low, high = sr_class_pairs(spec, spec_cfg, cache_dir(), texts, torch.device("cpu"))
     assert torch.equal(to_tensor(Image.open(high[0]), 256), job.class_targets[0])
 
 
