@@ -99,6 +99,12 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), resample=Image.Resampling.LANCZOS, box=box)
 
 
+def open_rgb(path: Path) -> Image.Image:
+    """A generated image (class image, cached SR output) read fully into memory as RGB."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """Centre-crop and resize ``image`` to a float32 tensor [3, size, size] in [-1, 1].
 

@@ -21,11 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from cascade_booth import parallel
 from cascade_booth.config import Config, PriorConfig
-from cascade_booth.images import to_tensor
+from cascade_booth.images import open_rgb, to_tensor
 from cascade_booth.models import model_fingerprint
 from cascade_booth.prior import Progress, cache_key, class_images
 from cascade_booth.runfolder import atomic_path
@@ -95,7 +94,7 @@ def _upsample(spec: SRPriorSpec, cfg: Config, low: list[Path], high: list[Path],
     for group in sorted({i // GROUP for i in missing}):
         indices = [i for i in range(group * GROUP, (group + 1) * GROUP) if i < len(low)]
         gen = [torch.Generator().manual_seed(derive_seed("sr-class-image", spec.seed, i)) for i in indices]
-        lows = torch.stack([_read(low[i], spec.base_resolution) for i in indices]).to(device)
+        lows = torch.stack([to_tensor(open_rgb(low[i]), spec.base_resolution) for i in indices]).to(device)
         scheduler = make_scheduler(config, cfg.sr.variance, r.sr_steps, device)
         out = sample_sr(unet, scheduler, noising, lows, texts.stack([spec.class_prompt] * len(indices)).to(device),
                         texts.stack([""] * len(indices)).to(device), cfg.sr.noise_level, r.sr_guidance, gen,
@@ -106,8 +105,3 @@ def _upsample(spec: SRPriorSpec, cfg: Config, low: list[Path], high: list[Path],
                     image.save(tmp, format="PNG")
         if progress:
             progress(sum(path.exists() for path in high), len(high))
-
-
-def _read(path: Path, size: int) -> torch.Tensor:
-    with Image.open(path) as image:
-        return to_tensor(image, size)

@@ -24,7 +24,7 @@ from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import Config, StageConfig
 from cascade_booth.devices import compute_precision, frozen_dtype
 from cascade_booth.diskspace import WRITE_ERRORS, failed, file_bytes, reason, release, reserve
-from cascade_booth.images import to_tensor
+from cascade_booth.images import open_rgb, to_tensor  # open_rgb: re-exported for the stages
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
 from cascade_booth.losslog import LossLog
 from cascade_booth.runfolder import RunFolder, WriteError, checkpoint_steps
@@ -52,11 +52,6 @@ class EpochOrder:
 
     def take(self, start: int, k: int) -> torch.Tensor:
         return torch.stack([self._perm(c // self.n)[c % self.n] for c in range(start, start + k)])
-
-
-def open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def stack_images(images: list[Image.Image], size: int) -> torch.Tensor:

@@ -224,13 +224,13 @@ def prepare(req: SRRequest, progress=None) -> PreparedStage:
         raise
 
 
-def _class_pairs(ctx: RunContext, cfg: Config, base_res: int, texts: TextEmbeddings, progress) -> dict[str, Any]:
+def _class_pairs(ctx: RunContext, cfg: Config, sr_res: int, base_res: int, texts: TextEmbeddings,
+                 progress) -> dict[str, Any]:
     """SRJob's class fields for ``[sr] class_images`` (none when 0): stage one's class images and the frozen SR's
     outputs for them, with the class prompt (``cascade_booth/sr_prior.py``)."""
     if cfg.sr.class_images == 0:
         return {}
     low, high = sr_class_pairs(_prior_spec(ctx, base_res), cfg, cache_dir(), texts, device(), progress)
-    sr_res = int(ctx.meta["stages"][NAME]["sr_resolution"])
     return dict(class_low_res=stack_images([open_rgb(p) for p in low], base_res),
                 class_targets=stack_images([open_rgb(p) for p in high], sr_res),
                 class_text=texts.get(ctx.meta["class_prompt"]), prior_weight=cfg.prior.weight)
@@ -249,8 +249,9 @@ def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int, progres
 
     prompt, model_path = ctx.meta["stages"][NAME]["prompt_text"], ctx.model_path
     texts = TextEmbeddings(text_model_path(ctx.meta), cache_dir())
-    texts.ensure([prompt, ctx.meta["class_prompt"], ""], device=device())
-    prior = _class_pairs(ctx, cfg, base_res, texts, progress)
+    prior_prompts = [ctx.meta["class_prompt"], ""] if cfg.sr.class_images else []  # the frozen SR samples with these
+    texts.ensure([prompt, *prior_prompts], device=device())  # one load of the text encoder for every prompt
+    prior = _class_pairs(ctx, cfg, sr_res, base_res, texts, progress)
     unet, params = load_unet(model_path, cfg.sr, device(), cfg.seed)
     photos = [i.image for i in ctx.images]
     return SRJob(
