@@ -113,6 +113,9 @@ class SRConfig(StageConfig):
     # frozen SR as the runner samples, trained beside the subject's pairs with the class prompt and [prior] weight.
     # 0: the paper's stage two, subject pairs only.
     class_images: int = 0
+    # > 1: the class pairs' loss compares only class_block x class_block means of the error (losses.coarse_error):
+    # the frozen SR's colours are kept, its fine detail is not taught. 1: the full loss, as for the subject.
+    class_block: int = 1
 
 
 @dataclass

@@ -46,9 +46,11 @@ def training_losses(
     class_labels: torch.Tensor | None = None,
     x0_weight_cap: float = 1.0,
     offset_noise: float = 0.0,
+    coarse: torch.Tensor | None = None,
+    block: int = 1,
 ) -> torch.Tensor:
     """One denoising-loss evaluation per sample: draw t and noise, noise ``x0``, run the UNet; each sample's loss
-    weighted by ``losses.x0_weights`` (all 1 at the default cap).
+    weighted by ``losses.x0_weights`` (all 1 at the default cap). ``coarse`` / ``block``: ``losses.diffusion_loss``.
 
     ``offset_noise`` > 0 adds a per-(sample, channel) constant of that standard deviation to the noise
     (Guttenberg 2023, "Diffusion with offset noise"). IF's schedule leaves signal in x_t at the first sampling
@@ -67,5 +69,5 @@ def training_losses(
     out = unet(
         unet_input(x_t, cond), t, encoder_hidden_states=text_embeds, class_labels=class_labels, return_dict=False
     )[0]
-    loss = diffusion_loss(out, noise, x0, x_t, t, scheduler, variance)
+    loss = diffusion_loss(out, noise, x0, x_t, t, scheduler, variance, coarse=coarse, block=block)
     return loss * x0_weights(scheduler, t, x0_weight_cap).to(loss.dtype)  # x 1.0 (exact) at the default cap

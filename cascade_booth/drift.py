@@ -54,13 +54,18 @@ def learning_settings(meta: dict[str, Any], stage: str) -> dict[str, Any]:
         out["prior"] = prior if prior["enabled"] else {"enabled": False}
         identifier = {**defaults["identifier"], **(config.get("identifier") or {})}
         out["identifier_offset_lr"] = identifier["offset_lr"]  # what [V]'s learned offset trains at (0: none)
+    if stage == "sr" and recorded.get("class_images"):  # stage two's class prior trains at [prior] weight
+        out["prior_weight"] = {**defaults["prior"], **(config.get("prior") or {})}["weight"]
     return out
 
 
 def stage_settings(record: dict[str, Any], stage: str) -> dict[str, Any]:
-    """A stage record of run.json (``stages.sr``: seed, model, photos, its config table) in run.json's shape."""
+    """A stage record of run.json (``stages.sr``: seed, model, photos, its config table and prior weight) in
+    run.json's shape."""
+    config = {stage: record.get("config")} | ({"prior": {"weight": record["prior_weight"]}}
+                                              if "prior_weight" in record else {})
     return {"seed": record.get("seed"), "models": {stage: record.get("model")},
-            "subject_files": record.get("subject_files"), "config": {stage: record.get("config")}}
+            "subject_files": record.get("subject_files"), "config": config}
 
 
 def check_resume(meta: dict[str, Any], fresh: dict[str, Any], stage: str, allow: bool, trained: int = 0) -> None:

@@ -86,6 +86,9 @@ TABLE: tuple[Flag, ...] = (
          "Stage two's class prior: this many of stage one's class images, upsampled by the frozen SR, trained beside "
          "the subject with the class prompt and [prior] weight (0: none, the paper's). Overrides [sr] class_images.",
          stages=("sr",)),
+    Flag("--class-block", ("sr.class_block",),
+         "Compare stage two's class pairs on BxB block means only: keep the frozen SR's colours, not its lack of "
+         "fine detail (1: the full loss). Overrides [sr] class_block.", stages=("sr",)),
 )
 
 

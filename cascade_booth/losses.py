@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 VARIANCE_MODES = ("learned", "fixed")
 
@@ -97,20 +98,37 @@ def diffusion_loss(
     t: torch.Tensor,
     scheduler,
     variance: str = "learned",
+    coarse: torch.Tensor | None = None,
+    block: int = 1,
 ) -> torch.Tensor:
     """Per-sample training loss for an epsilon-prediction UNet, shape ``[batch]``.
 
     ``variance="learned"`` adds IF's L_vlb term (rescaled by T/1000 as in improved-diffusion) when
-    the UNet has a variance head; ``"fixed"`` trains epsilon only.
+    the UNet has a variance head; ``"fixed"`` trains epsilon only. Samples marked in ``coarse`` (with
+    ``block`` > 1) are compared on ``coarse_error``'s block means alone, without the L_vlb term.
     """
     if variance not in VARIANCE_MODES:
         raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
     eps, var_values = split_output(model_output, noise.shape[1])
-    loss = mean_flat((eps.float() - noise.float()) ** 2)
+    err = eps.float() - noise.float()
+    loss = mean_flat(err**2)
     if variance == "learned" and var_values is not None:
         scale = scheduler.config.num_train_timesteps / 1000.0
         loss = loss + scale * vlb_term(scheduler, x0, x_t, t, eps, var_values)
+    if coarse is not None and block > 1:
+        loss = torch.where(coarse.to(loss.device, torch.bool), coarse_error(err, block), loss)
     return loss
+
+
+def coarse_error(err: torch.Tensor, block: int) -> torch.Tensor:
+    """Per-sample mean square of the error's ``block`` x ``block`` means: its colour and layout, not its detail.
+
+    The epsilon error is the implied x0's error times a per-sample scale, so this compares the two images' block
+    means. An error smooth over a block counts in full; detail finer than a block (a 1-2 px pattern) averages
+    out. Stage two's class prior (``[sr] class_block``) uses it to keep the frozen SR's colours on class images
+    without also teaching it to draw them without fine detail.
+    """
+    return mean_flat(F.avg_pool2d(err, block) ** 2)
 
 
 def x0_weights(scheduler, t: torch.Tensor, cap: float) -> torch.Tensor:

@@ -88,6 +88,7 @@ class SRJob:
     class_targets: torch.Tensor | None = None  # [m, 3, S, S]: the frozen SR's outputs
     class_low_res: torch.Tensor | None = None  # [m, 3, s, s]: stage one's class images
     class_text: torch.Tensor | None = None  # [77, d]: the class prompt
+    class_block: int = 1  # [sr] class_block: > 1 compares the class pairs on block means (losses.coarse_error)
     name: str = NAME
     extras: dict[str, Extra] = field(default_factory=dict)  # stage two trains the UNet alone
 
@@ -116,7 +117,7 @@ class SRJob:
                                     generator)
         return training_losses(unet, self.scheduler, x0, batch.text.to(dev), generator, self.variance,
                                cond=cond, class_labels=labels, x0_weight_cap=self.x0_weight_cap,
-                               offset_noise=self.offset_noise)
+                               offset_noise=self.offset_noise, coarse=batch.is_prior, block=self.class_block)
 
 
 def _first_config(config: str | Path | Config | None, run: Path, meta: dict[str, Any]) -> Config:
@@ -173,7 +174,7 @@ def _record(meta: dict[str, Any], cfg: Config, model_path: Path, base_res: int, 
         "prompt": kind, "prompt_text": meta["instance_prompt" if kind == "instance" else "class_prompt"],
         "model": cfg.model.sr, "model_path": str(model_path), "base_model": meta["models"]["base"],
         "identifier": meta["identifier"], "seed": cfg.seed, "subject_files": subject_fingerprint(images),
-        "config": dataclasses.asdict(cfg.sr),
+        "config": dataclasses.asdict(cfg.sr), "prior_weight": cfg.prior.weight,  # used when [sr] class_images > 0
     }
 
 
@@ -233,7 +234,8 @@ def _class_pairs(ctx: RunContext, cfg: Config, sr_res: int, base_res: int, texts
     low, high = sr_class_pairs(_prior_spec(ctx, base_res), cfg, cache_dir(), texts, device(), progress)
     return dict(class_low_res=stack_images([open_rgb(p) for p in low], base_res),
                 class_targets=stack_images([open_rgb(p) for p in high], sr_res),
-                class_text=texts.get(ctx.meta["class_prompt"]), prior_weight=cfg.prior.weight)
+                class_text=texts.get(ctx.meta["class_prompt"]), prior_weight=cfg.prior.weight,
+                class_block=cfg.sr.class_block)
 
 
 def _prior_spec(ctx: RunContext, base_res: int) -> SRPriorSpec:

@@ -174,6 +174,22 @@ def test_resume_drift_ignores_prior_settings_when_the_prior_is_off():
         check_resume(meta(enabled=True, class_images=8), meta(enabled=True, class_images=50), "base", False)
 
 
+def test_stage_two_resume_checks_the_prior_weight_only_when_its_class_prior_is_on():
+    from cascade_booth.drift import stage_settings
+    from cascade_booth.session import check_resume
+
+    def record(class_images: int, weight: float) -> dict:
+        return stage_settings({"seed": 0, "config": {**Config().to_dict()["sr"], "class_images": class_images},
+                               "prior_weight": weight}, "sr")
+
+    check_resume(record(0, 1.0), record(0, 2.0), "sr", False)
+    check_resume(record(4, 1.0), record(4, 1.0), "sr", False)
+    with pytest.raises(RunError, match="prior_weight: 1.0 -> 2.0"):
+        check_resume(record(4, 1.0), record(4, 2.0), "sr", False)
+    check_resume(stage_settings({"seed": 0, "config": {**Config().to_dict()["sr"], "class_images": 4}}, "sr"),
+                 record(4, 1.0), "sr", False)  # a record from before the weight was kept: the default weight
+
+
 def _lora(run: Path):
     from safetensors.torch import load_file
 

@@ -97,3 +97,19 @@ def test_offset_noise_shifts_each_images_noise_mean_and_zero_leaves_the_stream_a
     assert torch.equal(unet.x_t, plain) and torch.equal(used.get_state(), gen.get_state())  # and no draw after
     assert noise_means(0.0).std().item() == pytest.approx(1 / 16, rel=0.2)  # the mean of 256 unit draws
     assert noise_means(1.0).std().item() == pytest.approx((1 + 1 / 256) ** 0.5, rel=0.2)
+
+
+def test_coarse_samples_are_compared_on_block_means_alone():
+    """[sr] class_block: a class pair's fine-detail error is free, its colour error counts in full."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    noise = torch.zeros(3, 3, 8, 8)
+    checks = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0  # a 1 px pattern, mean 0
+    detail = checks.expand(3, 8, 8)
+    colour = torch.full((3, 8, 8), 0.5)
+    out = torch.stack([detail, detail, colour])  # errors: detail (subject), detail (class), colour (class)
+    t, x = torch.zeros(3, dtype=torch.long), torch.zeros(3, 3, 8, 8)
+    coarse = torch.tensor([False, True, True])
+    loss = diffusion_loss(out, noise, x, x, t, scheduler, "fixed", coarse=coarse, block=4)
+    assert loss[0] == pytest.approx(1.0) and loss[1] == pytest.approx(0.0) and loss[2] == pytest.approx(0.25)
+    full = diffusion_loss(out, noise, x, x, t, scheduler, "fixed", coarse=coarse, block=1)
+    assert full.tolist() == pytest.approx([1.0, 1.0, 0.25])

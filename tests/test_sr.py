@@ -356,10 +356,11 @@ def test_class_prior_pairs_are_stage_ones_class_images_and_the_frozen_srs_render
     from cascade_booth.sr_prior import sr_class_pairs
     from cascade_booth.text import TextEmbeddings
 
-    ctx, job, cfg = sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(class_images=2)))
+    ctx, job, cfg = sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(class_images=2, class_block=8)))
     ctx.run.unlock()
     meta = ctx.meta
     assert job.class_targets.shape == (2, 3, 256, 256) and job.prior_weight == cfg.prior.weight
+    assert job.class_block == 8
     from cascade_booth.prior import cache_key
     from stages.sr import _prior_spec
 
@@ -387,6 +388,10 @@ def test_class_prior_pairs_are_stage_ones_class_images_and_the_frozen_srs_render
     assert batch.is_prior.tolist() == [False] * n + [True] * n and len(batch.low_res) == 2 * n
     assert torch.equal(batch.text[n], job.class_text) and torch.equal(batch.text[0], job.text)
     assert job_losses(job, batch).shape == (2 * n,)
+    # [sr] class_block: the class pairs are compared on 8 x 8 block means, the subject pairs as before (same t,
+    # noise and conditioning from the same generator).
+    full, coarse = job_losses(job, batch, class_block=1), job_losses(job, batch, class_block=8)
+    assert torch.equal(full[:n], coarse[:n]) and torch.all(coarse[n:] < full[n:])
 
     # A smaller count reads the same cache: the first pair does not depend on how many were asked for.
     from dataclasses import replace
