@@ -70,6 +70,7 @@ SMOKE_SR = ["--steps", "2", "--checkpoint-every", "0"]
 VARIANTS = {  # the preset with these (stage one, stage two) flags
     "cascade-booth-short": (["--steps", "200"], ["--steps", "100"]),  # a third of the steps: time to quality
     "cascade-booth-100": (["--steps", "100"], ["--steps", "100"]),  # stage one's first curve point
+    "cascade-booth-200-150": (["--steps", "200"], ["--steps", "150"]),  # the short row, stage two half again as long
     # LoRA on the text keys/values too, as diffusers' IF LoRA script adapts them (add_k_proj, add_v_proj): the
     # equal-settings row's LoRA targets (the preset leaves them out: [base] lora_text = false)
     "cascade-booth-lora-text": (["--lora-text"], []),
