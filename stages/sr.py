@@ -214,6 +214,9 @@ def prepare(req: SRRequest, progress=None) -> PreparedStage:
     model_path = resolve_model(cfg.model.sr, stage=2)
     base_res = int(base["resolution"])
     sr_res = check_sr_model(model_path, cfg.model.sr, base_res)
+    if sr_res % cfg.sr.class_block:  # block means tile the image exactly, or the prior would skip its edges
+        raise InputError(f"{flag_name('sr', 'class_block')} {cfg.sr.class_block}: must divide stage two's resolution "
+                         f"{sr_res} (e.g. 8)")
     images, warnings = load_pairs(meta, base_res, sr_res, req.allow_drift)
     record = _record(meta, cfg, model_path, base_res, sr_res, images)
     meta, notes = lock_stage(run, lambda: _check_start(run, meta, record, req))

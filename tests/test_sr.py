@@ -409,3 +409,5 @@ def test_without_class_prior_stage_two_trains_the_subject_alone(stage_one):
     meta = json.loads((stage_one / "run.json").read_text())
     with pytest.raises(InputError, match=r"--class-images must be >= 0, got -1 \(0: no class prior"):
         sr.resolve_config(sr.SRRequest(run=stage_one, overrides=dict(class_images=-1)), meta)
+    with pytest.raises(InputError, match=r"--class-block 7: must divide stage two's resolution 256"):
+        sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(class_images=2, class_block=7)))
