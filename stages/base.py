@@ -19,6 +19,7 @@ from cascade_booth.devices import device
 from cascade_booth.diffusion import training_losses
 from cascade_booth.identifier import instance_template
 from cascade_booth.identifier_offset import KEEP_NORM, OFFSET_NAME, IdentifierOffset, identifier_mask
+from cascade_booth.images import open_rgb
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.prior import class_prompts, prior_images
 from cascade_booth.safeload import pickles
@@ -26,7 +27,7 @@ from cascade_booth.session import RunContext, TrainRequest, open_run
 from cascade_booth.text import TextEmbeddings, load_tokenizer
 from cascade_booth.trainer import Batch, Callbacks, Extra, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
-from stages.common import EpochOrder, PreparedStage, load_unet, open_rgb, stack_images, train_prepared
+from stages.common import EpochOrder, PreparedStage, load_unet, stack_images, train_prepared
 
 NAME = "base"
 

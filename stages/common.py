@@ -24,7 +24,7 @@ from cascade_booth.condcache import cache_text_conditioning
 from cascade_booth.config import Config, StageConfig
 from cascade_booth.devices import compute_precision, frozen_dtype
 from cascade_booth.diskspace import WRITE_ERRORS, failed, file_bytes, reason, release, reserve
-from cascade_booth.images import open_rgb, to_tensor  # open_rgb: re-exported for the stages
+from cascade_booth.images import to_tensor
 from cascade_booth.lora import LORA_WEIGHTS, add_lora, save_lora
 from cascade_booth.losslog import LossLog
 from cascade_booth.runfolder import RunFolder, WriteError, checkpoint_steps
@@ -215,4 +215,4 @@ def _finish(ctx: RunContext, name: str, job, cfg: StageConfig, model_path: Path,
     ctx.run.write(meta)
 
 
-__all__ = ["EpochOrder", "PreparedStage", "load_unet", "open_rgb", "stack_images", "train_prepared"]
+__all__ = ["EpochOrder", "PreparedStage", "load_unet", "stack_images", "train_prepared"]

@@ -33,6 +33,7 @@ from cascade_booth.drift import check_resume, stage_settings, subject_drift
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.flags import flag_name
 from cascade_booth.handoff import check_sr_model, finished_stage_one, text_model_path
+from cascade_booth.images import open_rgb
 from cascade_booth.lora import LORA_WEIGHTS
 from cascade_booth.models import cache_dir, resolve_model
 from cascade_booth.runfolder import RunFolder, checkpoint_steps
@@ -42,7 +43,7 @@ from cascade_booth.sr_prior import SRPriorSpec, sr_class_pairs
 from cascade_booth.text import TextEmbeddings
 from cascade_booth.trainer import Batch, Callbacks, Extra, derive_seed, train
 from cascade_booth.writable import check_cache, check_writable
-from stages.common import EpochOrder, PreparedStage, load_unet, open_rgb, stack_images, train_prepared
+from stages.common import EpochOrder, PreparedStage, load_unet, stack_images, train_prepared
 
 NAME = "sr"
 

@@ -13,10 +13,11 @@ from diffusers import IFPipeline, IFSuperResolutionPipeline
 from safetensors.torch import load_file
 
 from cascade_booth.cli import main
+from cascade_booth.images import open_rgb
 from cascade_booth.models import cache_dir
 from cascade_booth.prior import class_images
 from cascade_booth.text import TextEmbeddings
-from stages.common import open_rgb, stack_images
+from stages.common import stack_images
 
 
 def test_tiny_cascade_has_ifs_architecture(tiny_paths):
