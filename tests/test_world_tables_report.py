@@ -51,3 +51,30 @@ def test_metrics_are_measured_again_when_a_render_set_is_rendered_again(tmp_path
     assert report._collect(tmp_path, results)["vase-7"]["both"]["m"] == {"n": 1}  # cached
     (renders / "personalized" / "p000-seed0-01.png").write_bytes(b"two")  # rendered again, with more images
     assert report._collect(tmp_path, results)["vase-7"]["both"]["m"] == {"n": 2}
+
+
+def test_clip_t_compares_a_render_with_its_prompt_without_the_identifier(tmp_path) -> None:
+    """Our sidecars carry the filled prompt ("a zqx clock ...") and the [V] template; diffusers' renders (the bench's
+    sidecars) carry "a [V] clock ...". Both must be scored against "a clock in the snow": the same image gets the
+    same CLIP-T whichever tool wrote its sidecar (until 2026-12-08 ours kept the identifier in the CLIP text)."""
+    import json
+
+    from PIL import Image
+
+    report = load_tool("world_tables_report")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, shade in enumerate((38, 60)):  # the real-vs-real row needs two photos
+        Image.new("RGB", (128, 128), (205, shade, 38)).save(photos / f"{i}.png")
+    template = "a [V] clock in the snow"
+    sidecars = {"ours": {"prompt": "a zqx clock in the snow", "prompt_template": template, "kind": "instance"},
+                "diffusers": {"prompt": template, "kind": "instance"}}
+    clip_t = {}
+    for tool, meta in sidecars.items():
+        folder = tmp_path / tool
+        for kind, sidecar in (("personalized", meta), ("pretrained", {"prompt": "a clock in the snow"})):
+            (folder / kind).mkdir(parents=True)
+            Image.new("RGB", (128, 128), (205, 38, 38)).save(folder / kind / "p000-seed0-00.png")
+            (folder / kind / "p000-seed0-00.json").write_text(json.dumps(sidecar))
+        clip_t[tool] = report.render_metrics(folder, photos)["instance"]["clip_t"]
+    assert clip_t["ours"] == clip_t["diffusers"]

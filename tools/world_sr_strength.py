@@ -5,9 +5,10 @@
 
 Input: the 32 px "a [V] <class> <context>" renders of stage one that ``tools/world_tables.py`` made
 (``TABLES/renders/SUBJECT/stage1``; every other image, 12 at most). Each goes through the world SR with
-diffusers' ``IFImg2ImgSuperResolutionPipeline`` (25 steps, guidance 4, noise level 50, the prompt without
-[V]) at each strength (0: the bilinear upsample alone), and the outputs are read back like ``world score``:
-world DINO to the subject's photos, the subject's colour (at 32 px) and pattern (at 128 px).
+diffusers' ``IFImg2ImgSuperResolutionPipeline`` (25 steps, guidance 4, noise level 50; the prompt without
+[V] for the pretrained SR, the filled prompt for ``--sr-lora``, as ``cascade-booth render`` does) at each
+strength (0: the bilinear upsample alone), and the outputs are read back like ``world score``: world DINO
+to the subject's photos, the subject's colour (at 32 px) and pattern (at 128 px).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from world_sr_fidelity import sr_pipeline, upsample_all  # a sibling: ``python t
 
 def main() -> None:
     from cascade_booth.images import to_tensor
-    from cascade_booth.world.readback import Subject, dino_to_subject, read_images
+    from cascade_booth.world.readback import Subject, clip_text, dino_to_subject, read_images
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tables", type=Path, required=True)
@@ -37,7 +38,8 @@ def main() -> None:
     folder = a.tables / "renders" / a.subject / "stage1" / "personalized"
     pngs = [q for q in sorted(folder.glob("p*.png"))
             if json.loads(q.with_suffix(".json").read_text()).get("kind") == "instance"][::2][:12]
-    prompts = [json.loads(q.with_suffix(".json").read_text())["prompt"].replace("[V] ", "") for q in pngs]
+    metas = [json.loads(q.with_suffix(".json").read_text()) for q in pngs]
+    prompts = [m["prompt"] if a.sr_lora else clip_text(m) for m in metas]  # the LoRA learnt the identifier
     low = torch.stack([to_tensor(Image.open(q).convert("RGB"), 32) for q in pngs])
     sr = sr_pipeline(a.sr_lora)
     subject = Subject.load(photos)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from cascade_booth.evaluation import metrics as M
 from cascade_booth.pngmeta import grid
-from cascade_booth.world.readback import rendered_pngs, renders_by_kind
+from cascade_booth.world.readback import clip_text, rendered_pngs, renders_by_kind
 
 MODELS = Path(__file__).resolve().parents[1] / "cascade_booth" / "world" / "models"
 
@@ -53,7 +53,7 @@ def render_metrics(folder: Path, photos: Path) -> dict[str, dict[str, float]]:
     _, clip = _extractors()
     for kind, rows in groups.items():
         dino_e, clip_e = _embed([p for p, _ in rows])
-        texts = clip.embed_texts([m["prompt"].replace("[V] ", "") for _, m in rows])
+        texts = clip.embed_texts([clip_text(m) for _, m in rows])
         by_prompt: dict[str, list[int]] = {}
         for i, (_, m) in enumerate(rows):
             by_prompt.setdefault(m["prompt"], []).append(i)

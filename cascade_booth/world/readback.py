@@ -123,6 +123,15 @@ def renders_by_kind(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
     return groups
 
 
+def clip_text(meta: dict) -> str:
+    """The text a render's CLIP-T is measured against: its prompt without the identifier (section 4.1; as
+    ``cascade_booth.evaluation.scoring`` does). A cascade-booth sidecar's ``prompt`` is the *filled* prompt, so
+    its ``prompt_template`` is read first; other tools' sidecars carry ``[V]`` in ``prompt`` itself."""
+    from cascade_booth.identifier import class_prompt
+
+    return class_prompt(meta.get("prompt_template") or meta["prompt"])
+
+
 def _figures(groups: dict[str, list[tuple[Path, dict]]], subject: Subject) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for kind, rows in sorted(groups.items()):
