@@ -86,3 +86,20 @@ def test_the_curves_diffusers_stage_one_is_built_whatever_stage_two_the_preset_t
     s1 = curve.their_stage_one(a, "clock", "zq", Path("photos"), Path("work"))
     assert "train_dreambooth_lora.py" in s1 and s1[s1.index("--checkpointing_steps") + 1] == "100"
     assert s1[s1.index("--max_train_steps") + 1] == "300" and s1[s1.index("--instance_prompt") + 1] == "a zq clock"
+
+
+def test_the_ground_truth_column_is_the_subject_in_each_asked_context_and_reads_back_as_such(tmp_path):
+    """The bench's ceiling column: the world renderer's own drawing of the subject in every non-plain context. It
+    must read back as the subject (its colour and pattern) in the asked context, else it is no ceiling."""
+    from cascade_booth.world.cli import write_subject_photos
+    from cascade_booth.world.readback import read_back, rendered_pngs
+
+    report = load_tool("bench_world_report")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_subject_photos(photos, "clock", 7, 3)
+    folder = report.draw_truth(tmp_path / "truth", "clock", 7, per_context=1, size=128)
+    pngs = rendered_pngs(sorted((folder / "personalized").glob("*.png")))
+    assert len(pngs) == 6  # one per non-plain context
+    read = read_back(pngs, photos)["instance"]
+    assert (read["colour"], read["pattern"], read["context"]) == (1.0, 1.0, 1.0)

@@ -36,7 +36,9 @@ as they arrive and its resident memory is sampled every 50 ms, which splits its 
 start-up, class-image generation, text encoding + model loading, training steps, saving (+ diffusers' final
 pipeline reload), and the first render (one image through both stages, a process of its own). Quality: every
 non-plain context with ``--images`` images, and the same prompts without the identifier, read back by the
-world evaluators (``tools/world_tables_report.render_metrics``, ``cascade_booth.world.readback``).
+world evaluators (``tools/world_tables_report.render_metrics``, ``cascade_booth.world.readback``). Beside the tools,
+a ``ground truth`` column: the subject itself drawn by the world renderer in every asked context, scored the same
+way, so that each metric's ceiling on this subject is in the table (``bench_world_report.draw_truth``).
 Results: ``OUT/results.json`` and ``OUT/results.md``. Exits non-zero when any tool fails.
 """
 
@@ -52,7 +54,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_world_report import quality, write_results  # a sibling: the script's folder is first on sys.path
+from bench_world_report import draw_truth, quality, write_results  # a sibling: the script's folder is first on sys.path
 
 from cascade_booth.config import load_config
 from cascade_booth.devices import compute_precision, device
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     saved = out / "results.json"
     if saved.exists():
         results["tools"] = json.loads(saved.read_text())["tools"]
+        results.update({k: v for k, v in json.loads(saved.read_text()).items() if k == "truth"})
     for tool in [t for t in TOOLS if t in a.only.split(",") or t == "cascade-booth"]:
         if "quality" in results["tools"].get(tool, {}):
             continue  # done in an earlier call
@@ -292,7 +295,19 @@ def main(argv: list[str] | None = None) -> None:
             env = env_for(a.threads, out / "cache" / tool)
             results["tools"][tool]["quality32"] = quality32(a, tool, out, photos, env)
             write_results(out, results)
+    if "truth" not in results:  # the subject itself in each context: each metric's ceiling here
+        results["truth"] = {name: quality(truth(out, a.cls, int(seed), name, per, size), photos)
+                            for name, per, size in (("quality", a.images, 128), ("quality32", 4, 32))}
+        write_results(out, results)
     print((out / "results.md").read_text())
+
+
+def truth(out: Path, cls: str, seed: int, name: str, per_context: int, size: int) -> Path:
+    """``draw_truth`` into OUT/ground-truth/NAME, beside cascade-booth's pretrained renders of the same size."""
+    folder = draw_truth(out / "ground-truth" / name, cls, seed, per_context, size)
+    if not (folder / "pretrained").exists():
+        (folder / "pretrained").symlink_to(out / "cascade-booth" / name / "pretrained")
+    return folder
 
 
 def quality32(a: argparse.Namespace, tool: str, out: Path, photos: Path, env: dict) -> dict:

@@ -26,6 +26,28 @@ def quality(folder: Path, photos: Path) -> dict:
     return {"readback": readback(folder, photos), "metrics": render_metrics(folder, photos)}
 
 
+def draw_truth(folder: Path, cls: str, seed: int, per_context: int, size: int) -> Path:
+    """The ground truth of the [V] prompts: the subject itself drawn by the world renderer in every non-plain
+    context (``world.sampling.subject_in_contexts``), ``per_context`` poses each, at ``size`` px, with the same
+    sidecars as a render (``folder/personalized``). Scored like a tool, it is what a perfect personalization
+    reads: the ceiling of each metric on this subject (the paper's real-images row, in the asked contexts)."""
+    from cascade_booth.world.readback import instance_prompts
+    from cascade_booth.world.render import draw_scene
+    from cascade_booth.world.sampling import subject_in_contexts
+    from cascade_booth.world.vocab import CONTEXTS
+
+    contexts = [ctx for ctx in CONTEXTS if ctx != "plain"]
+    prompts = instance_prompts(cls, contexts)
+    target = folder / "personalized"
+    target.mkdir(parents=True, exist_ok=True)
+    for i, example in enumerate(subject_in_contexts(cls, seed, contexts, per_context)):
+        name = target / f"p{i // per_context:03d}-truth-{i % per_context:02d}"
+        draw_scene(example.scene, size).save(name.with_suffix(".png"))
+        meta = {"prompt": prompts[i // per_context], "kind": "instance", "truth": True}
+        name.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder
+
+
 def _fmt_parts(t: dict) -> str:
     return "; ".join(f"{k} {v['s']:.0f} s / {v['peak_mib']:.0f} MiB" for k, v in t["parts"].items())
 
@@ -38,14 +60,15 @@ def write_results(out: Path, results: dict) -> None:
                 if q in results["tools"][tool]:
                     results["tools"][tool][key] = results["tools"][tool][q]["metrics"][kind]["dino"]
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    columns = {**results["tools"], **({"ground truth": results["truth"]} if "truth" in results else {})}
     md = [f"Made by `python tools/{results['command']}` ({results['threads']} thread(s) per tool).", "",
-          "| | " + " | ".join(results["tools"]) + " |", "|---|" + "---:|" * len(results["tools"])]
+          "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
 
     def row(label: str, get) -> None:
         cells = []
-        for tool in results["tools"]:
+        for column in columns.values():
             try:
-                cells.append(get(results["tools"][tool]))
+                cells.append(get(column))
             except (KeyError, TypeError):
                 cells.append("–")
         md.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -63,7 +86,7 @@ def write_results(out: Path, results: dict) -> None:
         row(f"{label}: subject's colour / pattern / context", lambda r, q=q: f"{q(r)['colour']:.0%} / "
             f"{q(r)['pattern']:.0%} / {q(r)['context']:.0%}")
     row("pretrained cascade, class prompts, this tool's sampling: DINO", lambda r: f"{r['baseline_dino']:.3f}")
-    md.append("| **stage one alone, 32 px** (4 images per prompt) | " + " | ".join("" for _ in results["tools"]) + " |")
+    md.append("| **stage one alone, 32 px** (4 images per prompt) | " + " | ".join("" for _ in columns) + " |")
     for kind, label in (("instance", "[V] prompts"), ("class", "class prompts")):
         q = lambda r, k=kind: r["quality32"]["readback"][k]  # noqa: E731
         m = lambda r, k=kind: r["quality32"]["metrics"][k]  # noqa: E731
@@ -71,6 +94,9 @@ def write_results(out: Path, results: dict) -> None:
         row(f"{label}: subject's colour / context", lambda r, q=q: f"{q(r)['colour']:.0%} / {q(r)['context']:.0%}")
     row("pretrained cascade, class prompts, this tool's sampling: DINO",
         lambda r: f"{r['baseline32_dino']:.3f}")
+    if "truth" in results:
+        md += ["", "ground truth: the subject itself drawn by the world renderer in each asked context (`draw_truth`), "
+               "scored like a tool: what a perfect personalization reads on each metric."]
     md += ["", "Parts (seconds / peak RSS of the part):", ""]
     for tool, r in results["tools"].items():
         for stage, t in r.get("time", {}).items():
