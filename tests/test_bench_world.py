@@ -94,7 +94,7 @@ def test_the_ground_truth_column_is_the_subject_in_each_asked_context_and_reads_
     from cascade_booth.world.cli import write_subject_photos
     from cascade_booth.world.readback import read_back, rendered_pngs
 
-    report = load_tool("bench_world_report")
+    report = load_tool("world_tables_report")
     photos = tmp_path / "photos"
     photos.mkdir()
     write_subject_photos(photos, "clock", 7, 3)

@@ -38,7 +38,7 @@ pipeline reload), and the first render (one image through both stages, a process
 non-plain context with ``--images`` images, and the same prompts without the identifier, read back by the
 world evaluators (``tools/world_tables_report.render_metrics``, ``cascade_booth.world.readback``). Beside the tools,
 a ``ground truth`` column: the subject itself drawn by the world renderer in every asked context, scored the same
-way, so that each metric's ceiling on this subject is in the table (``bench_world_report.draw_truth``).
+way, so that each metric's ceiling on this subject is in the table (``world_tables_report.draw_truth``).
 Results: ``OUT/results.json`` and ``OUT/results.md``. Exits non-zero when any tool fails.
 """
 
@@ -54,7 +54,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench_world_report import draw_truth, quality, write_results  # a sibling: the script's folder is first on sys.path
+from bench_world_report import quality, write_results  # siblings: the script's folder is first on sys.path
+from world_tables_report import draw_truth
 
 from cascade_booth.config import load_config
 from cascade_booth.devices import compute_precision, device

@@ -26,28 +26,6 @@ def quality(folder: Path, photos: Path) -> dict:
     return {"readback": readback(folder, photos), "metrics": render_metrics(folder, photos)}
 
 
-def draw_truth(folder: Path, cls: str, seed: int, per_context: int, size: int) -> Path:
-    """The ground truth of the [V] prompts: the subject itself drawn by the world renderer in every non-plain
-    context (``world.sampling.subject_in_contexts``), ``per_context`` poses each, at ``size`` px, with the same
-    sidecars as a render (``folder/personalized``). Scored like a tool, it is what a perfect personalization
-    reads: the ceiling of each metric on this subject (the paper's real-images row, in the asked contexts)."""
-    from cascade_booth.world.readback import instance_prompts
-    from cascade_booth.world.render import draw_scene
-    from cascade_booth.world.sampling import subject_in_contexts
-    from cascade_booth.world.vocab import CONTEXTS
-
-    contexts = [ctx for ctx in CONTEXTS if ctx != "plain"]
-    prompts = instance_prompts(cls, contexts)
-    target = folder / "personalized"
-    target.mkdir(parents=True, exist_ok=True)
-    for i, example in enumerate(subject_in_contexts(cls, seed, contexts, per_context)):
-        name = target / f"p{i // per_context:03d}-truth-{i % per_context:02d}"
-        draw_scene(example.scene, size).save(name.with_suffix(".png"))
-        meta = {"prompt": prompts[i // per_context], "kind": "instance", "truth": True}
-        name.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
-    return folder
-
-
 def _fmt_parts(t: dict) -> str:
     return "; ".join(f"{k} {v['s']:.0f} s / {v['peak_mib']:.0f} MiB" for k, v in t["parts"].items())
 

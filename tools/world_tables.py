@@ -14,6 +14,8 @@ with the given class and seed; the default seed 7 was never used for tuning):
   every non-plain context, the same prompts without [V] from the run (class prompts) and from the
   pretrained cascade, and reads them back.
 - ``noprior``: ``train-base --no-prior``, read back at 32 px (the paper's Table 3).
+- ``truth32`` / ``truth``: the subject itself drawn by the world renderer in every asked context (32 / 128 px),
+  read back like a render set: each metric's ceiling (Table 1's "ground truth" rows).
 - ``--sr-strengths``: both stages again with ``world score --sr-strength S`` (stage two's img2img strength).
 - On the first ``--detail`` subjects only: ``train-sr --noise-level L`` on copies of the prior run's
   stage one for each ``--noise-levels`` (the paper: low augmentation keeps fine detail), and
@@ -40,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from world_tables_report import write_tables  # a sibling: the script's folder is first on sys.path
+from world_tables_report import draw_truth, write_tables  # a sibling: the script's folder is first on sys.path
 
 from cascade_booth.world.vocab import CLASSES, COLOURS, CONTEXTS, caption
 
@@ -94,6 +96,21 @@ def copy_stage_one(src: Path, dst: Path) -> None:
     meta["stages"].pop("sr", None)  # stage two was not copied
     (tmp / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     tmp.rename(dst)
+
+
+def ground_truth(renders: Path, variant: str, cls: str, seed: int, per: int, size: int, beside: str,
+                 photos: Path) -> dict:
+    """The subject itself drawn in every asked context (``draw_truth``), read back like a render set: Table 1's
+    ceiling row. Its "pretrained" renders are those of ``beside`` (the same size), for ``render_metrics``."""
+    from cascade_booth.world.readback import read_back, rendered_pngs
+
+    folder = renders / variant
+    pngs = rendered_pngs(sorted((folder / "personalized").glob("*.png")))
+    if len(pngs) != per * (len(CONTEXTS) - 1):  # not drawn yet (or cut short): draw it (deterministic, seconds)
+        pngs = rendered_pngs(sorted((draw_truth(folder, cls, seed, per, size) / "personalized").glob("*.png")))
+    if not (folder / "pretrained").exists():
+        (folder / "pretrained").symlink_to(Path("..") / beside / "pretrained")
+    return {"score": read_back(pngs, photos), "renders": str(folder)}
 
 
 def meaning_probe(steps: Steps, tag: str, run: Path, word: str, cls: str, images: int) -> dict:
@@ -154,6 +171,9 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     score("stage1-sr", runs / "stage-one", sr=True)  # Table 1's stage one personalized, the pretrained SR
     for strength in args.sr_strengths:  # stage two's img2img strength (render.sr_strength), beside the run's own
         score(f"both-s{strength:g}", runs / "prior", sr=True, extra=("--sr-strength", f"{strength:g}"))
+    truths = (("truth32", 32, args.num_images, "stage1"), ("truth", 128, args.sr_images, "both"))
+    for variant, size, per, beside in truths:
+        scored[variant] = ground_truth(renders, variant, cls, seed, per, size, beside, photos)
     if not detail:
         return scored
     for word in args.identifiers:

@@ -66,6 +66,28 @@ def render_metrics(folder: Path, photos: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def draw_truth(folder: Path, cls: str, seed: int, per_context: int, size: int) -> Path:
+    """The ground truth of the [V] prompts: the subject itself drawn by the world renderer in every non-plain
+    context (``world.sampling.subject_in_contexts``), ``per_context`` poses each, at ``size`` px, with the same
+    sidecars as a render (``folder/personalized``). Scored like a tool, it is what a perfect personalization
+    reads: the ceiling of each metric on this subject (the paper's real-images row, in the asked contexts)."""
+    from cascade_booth.world.readback import instance_prompts
+    from cascade_booth.world.render import draw_scene
+    from cascade_booth.world.sampling import subject_in_contexts
+    from cascade_booth.world.vocab import CONTEXTS
+
+    contexts = [ctx for ctx in CONTEXTS if ctx != "plain"]
+    prompts = instance_prompts(cls, contexts)
+    target = folder / "personalized"
+    target.mkdir(parents=True, exist_ok=True)
+    for i, example in enumerate(subject_in_contexts(cls, seed, contexts, per_context)):
+        name = target / f"p{i // per_context:03d}-truth-{i % per_context:02d}"
+        draw_scene(example.scene, size).save(name.with_suffix(".png"))
+        meta = {"prompt": prompts[i // per_context], "kind": "instance", "truth": True}
+        name.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder
+
+
 def _mean(values: list[float]) -> float:
     values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
     return sum(values) / len(values) if values else float("nan")
@@ -107,6 +129,9 @@ def _avg(table: dict, variant: str, get) -> float:
     return _mean([get(v[variant]) for v in table.values() if variant in v])
 
 
+TRUTH = "ground truth: the subject drawn in the asked contexts"
+
+
 def table_one(table: dict) -> list[str]:
     """Table 1 analog, mean over subjects: stage one's 32 px output, and the cascade's 128 px output."""
     head = ["| | size | subjects | DINO | CLIP-I | CLIP-T | subject's colour | subject's pattern | context obeyed |",
@@ -118,11 +143,15 @@ def table_one(table: dict) -> list[str]:
     for label, size, variant, kind in (
             ("pretrained cascade, class prompt (not personalized)", 32, "stage1", "pretrained"),
             ("stage one personalized", 32, "stage1", "instance"),
+            (TRUTH, 32, "truth32", "instance"),
             ("pretrained cascade, class prompt (not personalized)", 128, "both", "pretrained"),
             ("stage one personalized, pretrained SR", 128, "stage1-sr", "instance"),
             ("both stages personalized", 128, "both", "instance"),
             *[(f"both stages personalized, sr_strength {v[6:]}", 128, v, "instance")
-              for v in _strength_variants(table)]):
+              for v in _strength_variants(table)],
+            (TRUTH, 128, "truth", "instance")):
+        if variant.startswith("truth") and n(variant) == "0":
+            continue  # tables made before the ground-truth rows
         m = lambda k: _avg(table, variant, lambda v: v["m"][kind][k])  # noqa: E731,B023
         s = lambda k: _avg(table, variant, lambda v: v["s"][kind][k])  # noqa: E731,B023
         pattern = _f(s("pattern"), True) if size == 128 else "(not visible)"
