@@ -116,6 +116,11 @@ class SRConfig(StageConfig):
     # > 1: the class pairs' loss compares only class_block x class_block means of the error (losses.coarse_error):
     # the frozen SR's colours are kept, its fine detail is not taught. 1: the full loss, as for the subject.
     class_block: int = 1
+    # > 0: train on a random crop x crop window of each pair, the same window of the target and of the conditioning,
+    # cut after the conditioning is upsampled and noised as at inference (diffusion.paired_crop). Fine detail is
+    # local; a window costs (crop / resolution)^2 of a whole image. Imagen trains its 1024 px super-resolution
+    # model on crops the same way (Saharia et al. 2022, appendix). 0: whole images.
+    crop: int = 0
 
 
 @dataclass

@@ -65,7 +65,8 @@ RANGES: dict[str, dict[str, Range]] = {
     },
     "SRConfig": {"noise_level": Range(0, 999),  # IF's image-noising scheduler has 1000 levels
                  "class_images": Range(0, hint=" (0: no class prior in stage two)"),
-                 "class_block": Range(1, hint=" (1: the class pairs' full loss)")},
+                 "class_block": Range(1, hint=" (1: the class pairs' full loss)"),
+                 "crop": Range(0, hint=" (0: whole images)")},
     "RenderConfig": {"steps": POSITIVE, "guidance": NON_NEGATIVE, "sr_steps": POSITIVE,
                      "sr_guidance": NON_NEGATIVE, "num_images": POSITIVE, "sr_strength": Range(0, 1, open_low=True)},
 }

@@ -30,6 +30,18 @@ def sr_condition(
     return noising_scheduler.add_noise(upscaled, noise, timesteps=labels), labels
 
 
+def paired_crop(x0: torch.Tensor, cond: torch.Tensor, size: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random ``size`` x ``size`` window per sample, the same in the target ``x0`` and the conditioning ``cond``
+    ([B,3,S,S] each): stage two's ``[sr] crop``, cut after ``sr_condition`` so the window holds exactly what the
+    UNet sees there at inference."""
+    room = x0.shape[-1] - size + 1
+    corners = torch.randint(0, room, (x0.shape[0], 2), generator=generator, device=generator.device).tolist()
+    windows = [(slice(None), slice(y, y + size), slice(x, x + size)) for y, x in corners]
+    return (torch.stack([x0[i][w] for i, w in enumerate(windows)]),
+            torch.stack([cond[i][w] for i, w in enumerate(windows)]))
+
+
 def unet_input(x_t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
     """Stage one: the noisy image; stage two: noisy image and conditioning image along channels."""
     return x_t if cond is None else torch.cat([x_t, cond.to(x_t.dtype)], dim=1)

@@ -89,6 +89,9 @@ TABLE: tuple[Flag, ...] = (
     Flag("--class-block", ("sr.class_block",),
          "Compare stage two's class pairs on BxB block means only: keep the frozen SR's colours, not its lack of "
          "fine detail (1: the full loss). Overrides [sr] class_block.", stages=("sr",)),
+    Flag("--crop", ("sr.crop",),
+         "Train stage two on random CxC windows of each pair (target and conditioning alike; 0: whole images). "
+         "Overrides [sr] crop.", stages=("sr",)),
 )
 
 

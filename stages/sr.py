@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from cascade_booth import parallel
 from cascade_booth.config import Config, from_dict, load_config, override
 from cascade_booth.config_checks import validate
 from cascade_booth.devices import device
-from cascade_booth.diffusion import sr_condition, training_losses
+from cascade_booth.diffusion import paired_crop, sr_condition, training_losses
 from cascade_booth.drift import check_resume, stage_settings, subject_drift
 from cascade_booth.errors import InputError, RunError
 from cascade_booth.flags import flag_name
@@ -90,6 +92,7 @@ class SRJob:
     class_low_res: torch.Tensor | None = None  # [m, 3, s, s]: stage one's class images
     class_text: torch.Tensor | None = None  # [77, d]: the class prompt
     class_block: int = 1  # [sr] class_block: > 1 compares the class pairs on block means (losses.coarse_error)
+    crop: int = 0  # [sr] crop: > 0 trains on one random crop x crop window of each pair (diffusion.paired_crop)
     name: str = NAME
     extras: dict[str, Extra] = field(default_factory=dict)  # stage two trains the UNet alone
 
@@ -116,6 +119,8 @@ class SRJob:
         x0 = batch.x0.to(dev)
         cond, labels = sr_condition(batch.low_res.to(dev), x0.shape[-1], self.noise_level, self.noising_scheduler,
                                     generator)
+        if self.crop:  # after the conditioning: the window is what the UNet sees there at inference
+            x0, cond = paired_crop(x0, cond, self.crop, generator)
         return training_losses(unet, self.scheduler, x0, batch.text.to(dev), generator, self.variance,
                                cond=cond, class_labels=labels, x0_weight_cap=self.x0_weight_cap,
                                offset_noise=self.offset_noise, coarse=batch.is_prior, block=self.class_block)
@@ -199,6 +204,23 @@ def _check_start(run: RunFolder, meta: dict[str, Any], record: dict[str, Any], r
     return meta | {"stages": stages}, []
 
 
+def check_shapes(cfg: Config, sr_res: int, model_path: Path) -> None:
+    """``[sr] class_block`` and ``[sr] crop`` against stage two's resolution and UNet, before any work."""
+    if sr_res % cfg.sr.class_block:  # block means tile the image exactly, or the prior would skip its edges
+        raise InputError(f"{flag_name('sr', 'class_block')} {cfg.sr.class_block}: must divide stage two's resolution "
+                         f"{sr_res} (e.g. 8)")
+    crop, name = cfg.sr.crop, flag_name("sr", "crop")
+    if not crop:
+        return
+    unet_config = model_path / "unet" / "config.json"
+    levels = len(json.loads(unet_config.read_text())["block_out_channels"]) if unet_config.is_file() else 4
+    step = math.lcm(2 ** (levels - 1), cfg.sr.class_block)  # the UNet halves the window levels - 1 times
+    if crop > sr_res or crop % step:
+        why = "the UNet's downsampling" + (f" and {flag_name('sr', 'class_block')}" if step > 2 ** (levels - 1) else "")
+        raise InputError(f"{name} {crop}: must be a multiple of {step} ({why}) and at most stage two's resolution "
+                         f"{sr_res}, e.g. {max(step, sr_res // 2 // step * step)} (0: whole images)")
+
+
 def prepare(req: SRRequest, progress=None) -> PreparedStage:
     """Validate everything, lock the run, then build the SR UNet, pairs and embeddings.
 
@@ -215,9 +237,7 @@ def prepare(req: SRRequest, progress=None) -> PreparedStage:
     model_path = resolve_model(cfg.model.sr, stage=2)
     base_res = int(base["resolution"])
     sr_res = check_sr_model(model_path, cfg.model.sr, base_res)
-    if sr_res % cfg.sr.class_block:  # block means tile the image exactly, or the prior would skip its edges
-        raise InputError(f"{flag_name('sr', 'class_block')} {cfg.sr.class_block}: must divide stage two's resolution "
-                         f"{sr_res} (e.g. 8)")
+    check_shapes(cfg, sr_res, model_path)
     images, warnings = load_pairs(meta, base_res, sr_res, req.allow_drift)
     record = _record(meta, cfg, model_path, base_res, sr_res, images)
     meta, notes = lock_stage(run, lambda: _check_start(run, meta, record, req))
@@ -265,7 +285,7 @@ def _build_job(ctx: RunContext, cfg: Config, sr_res: int, base_res: int, progres
         noising_scheduler=DDPMScheduler.from_pretrained(model_path / "image_noising_scheduler"),
         targets=stack_images(photos, sr_res), low_res=stack_images(photos, base_res), text=texts.get(prompt),
         batch_size=cfg.sr.batch_size, noise_level=cfg.sr.noise_level, variance=cfg.sr.variance, seed=cfg.seed,
-        x0_weight_cap=cfg.sr.x0_weight_cap, offset_noise=cfg.sr.offset_noise, **prior,
+        x0_weight_cap=cfg.sr.x0_weight_cap, offset_noise=cfg.sr.offset_noise, crop=cfg.sr.crop, **prior,
     )
 
 

@@ -411,3 +411,45 @@ def test_without_class_prior_stage_two_trains_the_subject_alone(stage_one):
         sr.resolve_config(sr.SRRequest(run=stage_one, overrides=dict(class_images=-1)), meta)
     with pytest.raises(InputError, match=r"--class-block 7: must divide stage two's resolution 256"):
         sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(class_images=2, class_block=7)))
+
+
+# (d) [sr] crop: training on windows ------------------------------------------------------------------------
+
+
+def test_paired_crop_cuts_the_same_random_window_from_target_and_conditioning():
+    from cascade_booth.diffusion import paired_crop
+
+    x0 = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target, cond = paired_crop(x0, x0.clone(), 8, torch.Generator().manual_seed(1))
+    assert target.shape == cond.shape == (4, 3, 8, 8) and torch.equal(target, cond)
+    again, _ = paired_crop(x0, x0.clone(), 8, torch.Generator().manual_seed(1))
+    assert torch.equal(again, target)  # the windows come from the generator alone
+    corners = [next((y, x) for y in range(25) for x in range(25) if torch.equal(x0[i, :, y:y + 8, x:x + 8], target[i]))
+               for i in range(4)]
+    assert len(set(corners)) > 1  # one window per sample, not one per batch
+
+
+def test_crop_feeds_the_unet_a_window_of_the_inference_conditioning(stage_one):
+    """With ``[sr] crop`` the UNet sees crop x crop inputs whose conditioning half is a window of the whole image's
+    conditioning (upsampled and noised as at inference, then cut): the same generator draws the same conditioning."""
+    ctx, job, _ = sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(crop=64)))
+    ctx.run.unlock()
+    assert job.crop == 64
+    batch = job.batch(0, torch.Generator().manual_seed(0))
+    whole = _first_unet_call(job.unet, lambda: job_losses(job, batch, crop=0))["sample"]
+    cut = _first_unet_call(job.unet, lambda: job_losses(job, batch, crop=64))["sample"]
+    assert whole.shape[-1] == 256 and cut.shape[-2:] == (64, 64)
+    for i in range(len(cut)):
+        cond, window = whole[i, 3:], cut[i, 3:]
+        starts = (cond == window[:, :1, :1]).all(0).nonzero().tolist()  # where the window's first pixel could be
+        assert any(torch.equal(cond[:, y:y + 64, x:x + 64], window) for y, x in starts if y <= 192 and x <= 192)
+    assert job_losses(job, batch, crop=64).shape == (len(cut),)
+
+
+def test_a_crop_the_unet_cannot_halve_or_larger_than_the_image_is_refused_before_any_work(stage_one):
+    for crop in (66, 512):  # the tiny SR halves its input twice: multiples of 4
+        with pytest.raises(InputError, match=rf"--crop {crop}: must be a multiple of \d+ \(the UNet's downsampling\) "
+                                             r"and at most stage two's resolution 256"):
+            sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(crop=crop)))
+    with pytest.raises(InputError, match=r"--crop must be >= 0, got -8 \(0: whole images\)"):
+        sr.prepare(sr.SRRequest(run=stage_one, overrides=dict(crop=-8)))
