@@ -78,3 +78,15 @@ def test_clip_t_compares_a_render_with_its_prompt_without_the_identifier(tmp_pat
             (folder / kind / "p000-seed0-00.json").write_text(json.dumps(sidecar))
         clip_t[tool] = report.render_metrics(folder, photos)["instance"]["clip_t"]
     assert clip_t["ours"] == clip_t["diffusers"]
+
+
+def test_each_stage_two_variant_gets_its_own_rows_and_count() -> None:
+    report = load_tool("world_tables_report")
+    table = {"a-7": _subject(_score(1.0, 0.5, 1.0, 0.0)) | {"both-crop64": {"s": _score(1.0, 1.0, 1.0, 0.0)}},
+             "b-7": _subject(_score(1.0, 1.0, 1.0, 0.0))}
+    rows = report.per_subject(table)
+    assert rows[-2] == "| **subjects meeting the goal (of 2)** |  | 2 | 1 | 2 | 2 | all four: **1** |  |"
+    count = "| **subjects meeting the goal (of 1), train-sr crop64** |  | 1 | 1 | 1 | 1 | all four: **1** |  |"
+    assert rows[-1] == count
+    assert any(r.startswith("| a-7 (orange, dots), train-sr crop64 |") for r in rows)
+    assert report._variant_label("both-s0.7") == "sr_strength 0.7"

@@ -16,6 +16,8 @@ with the given class and seed; the default seed 7 was never used for tuning):
 - ``noprior``: ``train-base --no-prior``, read back at 32 px (the paper's Table 3).
 - ``truth32`` / ``truth``: the subject itself drawn by the world renderer in every asked context (32 / 128 px),
   read back like a render set: each metric's ceiling (Table 1's "ground truth" rows).
+- ``--sr-variant NAME=FLAGS``: stage two trained again on a copy of the stage one with other ``train-sr`` flags,
+  scored like both stages (``both-NAME``). ``--skip noprior,stage1-sr`` leaves those core variants out.
 - ``--sr-strengths``: both stages again with ``world score --sr-strength S`` (stage two's img2img strength).
 - On the first ``--detail`` subjects only: ``train-sr --noise-level L`` on copies of the prior run's
   stage one for each ``--noise-levels`` (the paper: low augmentation keeps fine detail), and
@@ -164,11 +166,17 @@ def subject_experiments(steps: Steps, cls: str, seed: int, detail: bool, args: a
     steps.run(f"{tag}.base.prior", [*base, "--run", str(runs / "prior")])
     copy_stage_one(runs / "prior", runs / "stage-one")  # before train-sr adds stage two to the prior run
     score("stage1", runs / "stage-one", sr=False)
-    steps.run(f"{tag}.base.noprior", [*base, "--run", str(runs / "noprior"), "--no-prior"])
-    score("noprior", runs / "noprior", sr=False)
+    if "noprior" not in args.skip:
+        steps.run(f"{tag}.base.noprior", [*base, "--run", str(runs / "noprior"), "--no-prior"])
+        score("noprior", runs / "noprior", sr=False)
     steps.run(f"{tag}.sr.prior", [*sr, "--run", str(runs / "prior")])
     score("both", runs / "prior", sr=True)
-    score("stage1-sr", runs / "stage-one", sr=True)  # Table 1's stage one personalized, the pretrained SR
+    for name, flags in args.sr_variants:  # stage two again on the same stage one, with other train-sr flags
+        copy_stage_one(runs / "stage-one", runs / f"sr-{name}")
+        steps.run(f"{tag}.sr.{name}", [*sr, "--run", str(runs / f"sr-{name}"), *flags.split()])
+        score(f"both-{name}", runs / f"sr-{name}", sr=True)
+    if "stage1-sr" not in args.skip:
+        score("stage1-sr", runs / "stage-one", sr=True)  # Table 1's stage one personalized, the pretrained SR
     for strength in args.sr_strengths:  # stage two's img2img strength (render.sr_strength), beside the run's own
         score(f"both-s{strength:g}", runs / "prior", sr=True, extra=("--sr-strength", f"{strength:g}"))
     truths = (("truth32", 32, args.num_images, "stage1"), ("truth", 128, args.sr_images, "both"))
@@ -201,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--identifiers", type=lambda s: s.split(","), default=["dots", "red", "xqzvk"])
     p.add_argument("--sr-strengths", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
                    help="also score both stages at these render.sr_strength values")
+    p.add_argument("--sr-variant", dest="sr_variants", action="append", default=[],
+                   type=lambda v: tuple(v.split("=", 1)) if "=" in v else p.error(f"--sr-variant {v}: NAME=FLAGS"),
+                   help="NAME=FLAGS: stage two again on each subject's stage one with these train-sr flags "
+                        "(e.g. crop64='--crop 64'), scored like both stages (Table 1 and per-subject rows both-NAME)")
+    p.add_argument("--skip", type=lambda s: set(s.split(",")) - {""}, default=set(),
+                   help="core variants to leave out: noprior (Table 3), stage1-sr (Table 1's pretrained-SR row)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt, 32 px read-back")
     p.add_argument("--sr-images", type=int, default=4,  # issue 13's goals: 4 images x every non-plain context
                    help="images per prompt, 128 px read-back")

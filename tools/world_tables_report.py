@@ -147,7 +147,7 @@ def table_one(table: dict) -> list[str]:
             ("pretrained cascade, class prompt (not personalized)", 128, "both", "pretrained"),
             ("stage one personalized, pretrained SR", 128, "stage1-sr", "instance"),
             ("both stages personalized", 128, "both", "instance"),
-            *[(f"both stages personalized, sr_strength {v[6:]}", 128, v, "instance")
+            *[(f"both stages personalized, {_variant_label(v)}", 128, v, "instance")
               for v in _strength_variants(table)],
             (TRUTH, 128, "truth", "instance")):
         if variant.startswith("truth") and n(variant) == "0":
@@ -161,7 +161,13 @@ def table_one(table: dict) -> list[str]:
 
 
 def _strength_variants(table: dict) -> list[str]:
-    return sorted({k for v in table.values() for k in v if k.startswith("both-s")})
+    """Both stages again: at another ``render.sr_strength`` (both-sX) or with other train-sr flags (both-NAME)."""
+    return sorted({k for v in table.values() for k in v if k.startswith("both-")})
+
+
+def _variant_label(variant: str) -> str:
+    name = variant.removeprefix("both-")
+    return f"sr_strength {name[1:]}" if name[:1] == "s" and name[1:].replace(".", "").isdigit() else f"train-sr {name}"
 
 
 GOALS = {"colour": 0.8, "pattern": 0.6, "context": 0.8}  # issue 13: the least rate of each, [V] renders at 128 px
@@ -185,19 +191,20 @@ def per_subject(table: dict) -> list[str]:
         if variant not in v:
             continue
         s, sub, s1 = v[variant]["s"], v[variant]["s"]["subject"], v["stage1"]["s"]["instance"]
-        label = "" if variant == "both" else f", sr_strength {variant[6:]}"
+        label = "" if variant == "both" else f", {_variant_label(variant)}"
         rows.append(_row(f"{tag} ({sub['colour']}, {sub['pattern']}){label}", [
             f"{_f(s1['colour'], True)} / {_f(s1['context'], True)}",
             _f(s["instance"]["colour"], True), _f(s["instance"]["pattern"], True), _f(s["instance"]["context"], True),
             f"{s['colour_drift']:+.2f}",
             " / ".join(f"{s[k]['dino']:+.2f}" for k in ("instance", "class", "pretrained")),
             str(s["instance"]["images"])]))
-    met = [goals_met(v["both"]["s"]) for v in table.values() if "both" in v]
-    if met:  # the verdict is counted here, never by hand
-        n = len(met)
-        rows.append(_row(f"**subjects meeting the goal (of {n})**", [
-            "", *(str(sum(m[k] for m in met)) for k in met[0]),  # goals_met's order: the columns' order
-            f"all four: **{sum(all(m.values()) for m in met)}**", ""]))
+    for variant in variants:  # the verdict is counted here, never by hand
+        met = [goals_met(v[variant]["s"]) for v in table.values() if variant in v]
+        if met:
+            label = "" if variant == "both" else f", {_variant_label(variant)}"
+            rows.append(_row(f"**subjects meeting the goal (of {len(met)}){label}**", [
+                "", *(str(sum(m[k] for m in met)) for k in met[0]),  # goals_met's order: the columns' order
+                f"all four: **{sum(all(m.values()) for m in met)}**", ""]))
     return head + rows
 
 
