@@ -78,6 +78,9 @@ VARIANTS = {  # the preset with these (stage one, stage two) flags
     # equal-settings row's LoRA targets (the preset leaves them out: [base] lora_text = false)
     "cascade-booth-lora-text": (["--lora-text"], []),
     "cascade-booth-bf16": (["--mixed-precision", "bf16"], []),  # stage one in bf16 autocast too (stage two is)
+    # stage two on one random 64 x 64 window of each pair (train-sr --crop 64): a quarter of the pixels per step
+    "cascade-booth-crop": ([], ["--crop", "64"]),
+    "cascade-booth-200-crop": (["--steps", "200"], ["--crop", "64"]),  # and a third of stage one's steps
 }
 TOOLS = ("cascade-booth", "diffusers-equal", *VARIANTS, "diffusers-recommended", "diffusers-pretrained")
 
