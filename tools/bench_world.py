@@ -17,6 +17,8 @@ models (diffusers' script takes ``cascade_booth/world/models/base`` / ``sr`` as
 - ``cascade-booth-lora-text``: the preset with LoRA on the text keys/values too (``--lora-text``), the LoRA
   targets of diffusers' IF script; the preset leaves them out (``[base] lora_text = false``, less drift).
   ``cascade-booth-bf16``: stage one in bf16 autocast as well (``--mixed-precision bf16``).
+- ``cascade-booth-crop``: stage two on one random 64 x 64 window of each pair (``train-sr --crop 64``), and
+  ``cascade-booth-200-crop``: the same with 200 stage-one steps.
 - ``diffusers-equal``: ``train_dreambooth_lora.py`` at the preset's steps, lr, rank, batch and precision (as
   resolved on this machine: stage two in bf16 where the CPU has bf16 units) (stage one with
   ``--with_prior_preservation``, 48 class images that the script samples with the folder's pipeline;
