@@ -275,9 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     results = {"command": command, "threads": a.threads, "tools": {}}
     saved = out / "results.json"
-    if saved.exists():
-        results["tools"] = json.loads(saved.read_text())["tools"]
-        results.update({k: v for k, v in json.loads(saved.read_text()).items() if k == "truth"})
+    if saved.exists():  # an earlier call's tools (and ground truth) are kept
+        earlier = json.loads(saved.read_text())
+        results["tools"] = earlier["tools"]
+        results.update({k: earlier[k] for k in ("truth",) if k in earlier})
     for tool in [t for t in TOOLS if t in a.only.split(",") or t == "cascade-booth"]:
         if "quality" in results["tools"].get(tool, {}):
             continue  # done in an earlier call
