@@ -36,10 +36,10 @@ def main() -> None:
     torch.set_num_threads(1)
     photos = a.tables / "subjects" / a.subject
     folder = a.tables / "renders" / a.subject / "stage1" / "personalized"
-    pngs = [q for q in sorted(folder.glob("p*.png"))
-            if json.loads(q.with_suffix(".json").read_text()).get("kind") == "instance"][::2][:12]
-    metas = [json.loads(q.with_suffix(".json").read_text()) for q in pngs]
-    prompts = [m["prompt"] if a.sr_lora else clip_text(m) for m in metas]  # the LoRA learnt the identifier
+    sidecars = [(q, json.loads(q.with_suffix(".json").read_text())) for q in sorted(folder.glob("p*.png"))]
+    chosen = [(q, m) for q, m in sidecars if m.get("kind") == "instance"][::2][:12]
+    pngs = [q for q, _ in chosen]
+    prompts = [m["prompt"] if a.sr_lora else clip_text(m) for _, m in chosen]  # the LoRA learnt the identifier
     low = torch.stack([to_tensor(Image.open(q).convert("RGB"), 32) for q in pngs])
     sr = sr_pipeline(a.sr_lora)
     subject = Subject.load(photos)

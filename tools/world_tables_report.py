@@ -148,7 +148,7 @@ def table_one(table: dict) -> list[str]:
             ("stage one personalized, pretrained SR", 128, "stage1-sr", "instance"),
             ("both stages personalized", 128, "both", "instance"),
             *[(f"both stages personalized, {_variant_label(v)}", 128, v, "instance")
-              for v in _strength_variants(table)],
+              for v in _sr_variants(table)],
             (TRUTH, 128, "truth", "instance")):
         if variant.startswith("truth") and n(variant) == "0":
             continue  # tables made before the ground-truth rows
@@ -160,7 +160,7 @@ def table_one(table: dict) -> list[str]:
     return head + rows
 
 
-def _strength_variants(table: dict) -> list[str]:
+def _sr_variants(table: dict) -> list[str]:
     """Both stages again: at another ``render.sr_strength`` (both-sX) or with other train-sr flags (both-NAME)."""
     return sorted({k for v in table.values() for k in v if k.startswith("both-")})
 
@@ -186,7 +186,7 @@ def per_subject(table: dict) -> list[str]:
             f"pattern (>= {GOALS['pattern'] * 100:.0f} %) | context (>= {GOALS['context'] * 100:.0f} %) | "
             f"colour drift (<= {MAX_DRIFT:.2f}) | 128 px DINO: [V] / class / pretrained | [V] renders |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    rows, variants = [], ["both", *_strength_variants(table)]
+    rows, variants = [], ["both", *_sr_variants(table)]
     for (tag, v), variant in ((item, variant) for item in table.items() for variant in variants):
         if variant not in v:
             continue
